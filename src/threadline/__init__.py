@@ -1,0 +1,1 @@
+"""threadline: a LangGraph chat agent with durable, shared, budget-aware thread memory."""

@@ -1,0 +1,97 @@
+"""`open_checkpointer(settings)`: the configured saver, set up and ready, as a context manager.
+
+Each backend owns its connections for exactly the lifetime of the context, so the FastAPI
+lifespan, the CLI and `langgraph dev` all open and close savers the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+
+from threadline.checkpointers.serde import make_serializer
+from threadline.settings import Settings, SettingsError
+
+POSTGRES_POOL_KWARGS = {"autocommit": True, "prepare_threshold": 0}
+
+
+def _secret(value: object) -> str:
+    getter = getattr(value, "get_secret_value", None)
+    return getter() if getter else str(value)
+
+
+@asynccontextmanager
+async def open_postgres_pool(url: str, max_size: int) -> AsyncIterator[object]:
+    """A psycopg pool with the connection settings the Postgres savers require."""
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    pool = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs={**POSTGRES_POOL_KWARGS, "row_factory": dict_row},
+        open=False,
+    )
+    await pool.open(wait=True, timeout=15)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointSaver]:
+    """Yield the saver `settings.checkpointer` names, with its tables/indexes set up."""
+    aes_key = _secret(settings.aes_key) if settings.aes_key else None
+    serde = make_serializer(aes_key)
+    kind = settings.checkpointer
+    if kind == "memory":
+        yield InMemorySaver(serde=serde)
+    elif kind == "sqlite":
+        import aiosqlite
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        path = Path(settings.sqlite_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        async with aiosqlite.connect(str(path)) as conn:
+            sqlite_saver = AsyncSqliteSaver(conn, serde=serde)
+            await sqlite_saver.setup()
+            yield sqlite_saver
+    elif kind == "postgres":
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        if settings.postgres_url is None:
+            raise SettingsError("THREADLINE_CHECKPOINTER=postgres needs THREADLINE_POSTGRES_URL")
+        async with open_postgres_pool(
+            _secret(settings.postgres_url), settings.postgres_pool_size
+        ) as pool:
+            postgres_saver = AsyncPostgresSaver(pool, serde=serde)  # type: ignore[arg-type]
+            await postgres_saver.setup()
+            yield postgres_saver
+    elif kind == "redis":
+        from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+
+        if settings.redis_url is None:
+            raise SettingsError("THREADLINE_CHECKPOINTER=redis needs THREADLINE_REDIS_URL")
+        if aes_key:
+            raise SettingsError(
+                "THREADLINE_CHECKPOINTER=redis cannot encrypt (its serializer is fixed); "
+                "use tiered or postgres with THREADLINE_AES_KEY"
+            )
+        ttl = (
+            {"default_ttl": settings.redis_ttl_minutes, "refresh_on_read": True}
+            if settings.redis_ttl_minutes
+            else None
+        )
+        async with AsyncRedisSaver.from_conn_string(_secret(settings.redis_url), ttl=ttl) as saver:
+            await saver.asetup()
+            yield saver
+    elif kind == "tiered":
+        raise SettingsError("THREADLINE_CHECKPOINTER=tiered is not available in this build yet")
+    else:  # pragma: no cover - Settings validates the kind
+        raise SettingsError(f"unknown THREADLINE_CHECKPOINTER={kind}")

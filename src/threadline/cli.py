@@ -1,0 +1,185 @@
+"""The `threadline` command: serve, chat in the terminal, inspect threads, run dev services."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from langchain_core.messages import BaseMessage, HumanMessage
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from threadline.settings import Settings, SettingsError
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+threads_app = typer.Typer(help="Inspect stored threads.", no_args_is_help=True)
+services_app = typer.Typer(
+    help="Throwaway Redis and Postgres for development (no Docker).", no_args_is_help=True
+)
+app.add_typer(threads_app, name="threads")
+app.add_typer(services_app, name="services")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+THREAD_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+USAGE_ERROR = 2
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, checked; a bad one ends the command with one line."""
+    try:
+        return Settings().check()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise fail(f"THREADLINE_{field.upper()}: {first['msg']}") from None
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+def checked_thread_id(thread_id: str) -> str:
+    if not THREAD_ID.fullmatch(thread_id):
+        raise fail("THREAD_ID must be 1-128 characters of letters, digits and . _ : @ -")
+    return thread_id
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(main())
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the agent over HTTP (LangServe routes at /agent)."""
+    import uvicorn
+
+    settings = load_settings()
+    out.print(
+        f"threadline on http://{host}:{port}  model={settings.model} "
+        f"checkpointer={settings.checkpointer}",
+        highlight=False,
+    )
+    uvicorn.run(
+        "threadline.server.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )
+
+
+def _text(message: BaseMessage) -> str:
+    return message.text if isinstance(message.content, list) else str(message.content)
+
+
+@app.command()
+def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to continue.")]) -> None:
+    """Talk to the agent in the terminal; the thread continues across runs. Ctrl-D quits."""
+    from threadline.checkpointers import open_checkpointer
+    from threadline.graph import make_graph
+
+    settings = load_settings()
+    config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
+    interactive = sys.stdin.isatty()
+
+    async def main() -> None:
+        async with open_checkpointer(settings) as saver:
+            graph = make_graph(saver, settings)
+            turns = len((await graph.aget_state(config)).values.get("messages", []))
+            out.print(f"thread {thread_id}: {turns} messages so far. Ctrl-D to quit.")
+            while True:
+                try:
+                    line = input("you> " if interactive else "")
+                except EOFError:
+                    break
+                if not line.strip():
+                    continue
+                if line.strip() in ("/quit", "/exit"):
+                    break
+                result = await graph.ainvoke({"messages": [HumanMessage(line)]}, config)
+                out.print(f"agent> {_text(result['messages'][-1])}", highlight=False)
+
+    run(main)
+
+
+@threads_app.command("show")
+def threads_show(thread_id: Annotated[str, typer.Argument(help="The thread to print.")]) -> None:
+    """Print a thread's transcript, running summary and last budget telemetry."""
+    from threadline.checkpointers import open_checkpointer
+    from threadline.graph import make_graph
+
+    settings = load_settings()
+    config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
+
+    async def main() -> dict[str, Any]:
+        async with open_checkpointer(settings) as saver:
+            return (await make_graph(saver, settings).aget_state(config)).values
+
+    values = run(main)
+    messages: list[BaseMessage] = values.get("messages", [])
+    if not messages:
+        raise fail(f"no thread {thread_id!r} in the {settings.checkpointer} store", code=1)
+    table = Table("#", "role", "message", show_lines=False)
+    for number, message in enumerate(messages, 1):
+        table.add_row(str(number), message.type, _text(message))
+    out.print(table)
+    out.print(f"[bold]summary[/] ({values.get('summarized_count', 0)} messages folded):")
+    out.print(values.get("summary") or "(none)", highlight=False)
+    if telemetry := values.get("telemetry"):
+        out.print(f"[bold]telemetry[/] {telemetry}", highlight=False)
+
+
+DEFAULT_SERVICES_DIR = Path(".threadline/services")
+StateDir = Annotated[Path, typer.Option(help="Where the services keep their state file.")]
+
+
+@services_app.command("start")
+def services_start(state_dir: StateDir = DEFAULT_SERVICES_DIR) -> None:
+    """Start Postgres, Redis Stack and a module-free Redis; print the URLs to export."""
+    from threadline.services import DevServices, ServiceError
+
+    try:
+        urls = DevServices.start(state_dir)
+    except ServiceError as exc:
+        raise fail(str(exc), code=1) from None
+    for name, url in urls.items():
+        print(f"export {name}={url}")
+
+
+@services_app.command("stop")
+def services_stop(state_dir: StateDir = DEFAULT_SERVICES_DIR) -> None:
+    """Stop the services and delete their data."""
+    from threadline.services import DevServices
+
+    DevServices.stop(state_dir)
+    out.print("services stopped")
+
+
+@services_app.command("status")
+def services_status(state_dir: StateDir = DEFAULT_SERVICES_DIR) -> None:
+    """Tell which services are running."""
+    from threadline.services import DevServices
+
+    for service in DevServices.status(state_dir):
+        out.print(service.describe(), highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,89 @@
+"""Chat models: `ChatOpenAI` for any OpenAI-compatible endpoint, and the offline model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from threadline.graph.prompts import SUMMARY_HEADER, SUMMARY_INSTRUCTIONS
+from threadline.settings import FAKE_MODEL, Settings
+
+_FOLDED_TURN = re.compile(r"^- Turn (\d+):", re.MULTILINE)
+_FIRST_FOLDED = re.compile(r"^- Turn 1: the user said (.*)$", re.MULTILINE)
+_NEW_TURN_LINE = re.compile(r"^User: (.*)$", re.MULTILINE)
+
+
+class OfflineChatModel(BaseChatModel):
+    """A deterministic model for demos and tests: no network, replies show memory at work.
+
+    Each reply names the turn it answers (counting turns folded into the summary) and quotes
+    the first thing the user said that it can still see, so a person watching sees the thread
+    being remembered. Asked to summarise, it keeps one line per user turn.
+    """
+
+    @property
+    def _llm_type(self) -> str:
+        return "threadline-offline"
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> OfflineChatModel:
+        return self  # never calls tools: replies are text only
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if messages and str(messages[0].content).startswith(SUMMARY_INSTRUCTIONS[:60]):
+            text = self._summarise(messages)
+        else:
+            text = self._reply(messages)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
+
+    @staticmethod
+    def _summarise(messages: list[BaseMessage]) -> str:
+        request = str(messages[-1].content)
+        existing, _, new_turns = request.partition("New turns to fold in:")
+        lines = [line for line in existing.splitlines() if line.startswith("- Turn ")]
+        turn = len(lines)
+        for said in _NEW_TURN_LINE.findall(new_turns):
+            turn += 1
+            lines.append(f"- Turn {turn}: the user said {said[:120]!r}")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _reply(messages: list[BaseMessage]) -> str:
+        summary = next(
+            (
+                str(m.content)
+                for m in messages
+                if isinstance(m, SystemMessage) and str(m.content).startswith(SUMMARY_HEADER)
+            ),
+            "",
+        )
+        folded = _FOLDED_TURN.findall(summary)
+        said = [str(m.content) for m in messages if isinstance(m, HumanMessage)]
+        turn = len(folded) + len(said)
+        if not said:
+            return f"[turn {turn}] (no user message)"
+        first_folded = _FIRST_FOLDED.search(summary)
+        first = first_folded.group(1) if first_folded else repr(said[0][:80])
+        return f"[turn {turn}] You said {said[-1][:200]!r}. Your first message: {first}."
+
+
+def make_chat_model(settings: Settings) -> BaseChatModel:
+    """The configured model. `OPENAI_API_KEY` / `OPENAI_BASE_URL` reach `ChatOpenAI` as usual."""
+    if settings.model == FAKE_MODEL:
+        return OfflineChatModel()
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        model=settings.model_name, timeout=settings.model_timeout_seconds, max_retries=2
+    )

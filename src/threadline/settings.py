@@ -1,0 +1,104 @@
+"""Runtime settings, read from `THREADLINE_*` environment variables (and `.env`).
+
+There is no global settings object: callers build `Settings()` at the edge (CLI, app factory,
+`langgraph.json` entry points) and pass it down, so tests never swap global state.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CheckpointerKind = Literal["memory", "sqlite", "postgres", "redis", "tiered"]
+Strategy = Literal["summarize", "trim"]
+
+FAKE_MODEL = "fake"
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work; the message is one line meant for the operator."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure. Defaults run fully offline on SQLite."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="THREADLINE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Model
+    model: str = Field(
+        default="openai:gpt-4o-mini",
+        description="`openai:<model>` for any OpenAI-compatible endpoint, or `fake` (offline).",
+    )
+    system_prompt: str = "You are a helpful assistant. Be concise."
+    model_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    # Context budget
+    max_context_tokens: int = Field(default=8000, ge=256)
+    memory_strategy: Strategy = "summarize"
+    summary_trigger_ratio: float = Field(default=0.9, gt=0, le=1)
+    summary_target_ratio: float = Field(default=0.5, gt=0, lt=1)
+    summary_max_tokens: int = Field(default=1024, ge=64)
+    summary_timeout_seconds: float = Field(default=30.0, gt=0)
+    token_counter: Literal["auto", "tiktoken", "approximate"] = "auto"
+
+    # Persistence
+    checkpointer: CheckpointerKind = "sqlite"
+    sqlite_path: Path = Path(".threadline/threads.sqlite")
+    postgres_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    postgres_pool_size: int = Field(default=10, ge=1)
+    redis_ttl_minutes: float | None = Field(
+        default=None, gt=0, description="Idle TTL for the stock Redis saver's keys."
+    )
+    hot_ttl_seconds: int = Field(default=3600, ge=1)
+    redis_timeout_seconds: float = Field(default=0.1, gt=0)
+    aes_key: SecretStr | None = None
+
+    # Server
+    api_keys: SecretStr | None = Field(
+        default=None, description="`key1:tenant1,key2:tenant2`; unset = single tenant."
+    )
+    turn_lock_timeout_seconds: float = Field(default=10.0, ge=0)
+    max_message_chars: int = Field(default=32_000, ge=1)
+    max_messages_per_request: int = Field(default=50, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model_is_known(cls, value: str) -> str:
+        if value == FAKE_MODEL or (value.startswith("openai:") and len(value) > len("openai:")):
+            return value
+        raise ValueError("must be `fake` or `openai:<model-name>`")
+
+    @property
+    def model_name(self) -> str:
+        """The provider's model name (`gpt-4o-mini`), or `fake`."""
+        return self.model.removeprefix("openai:")
+
+    def check(self) -> Settings:
+        """Fail fast, with one line, on settings that cannot work at start-up."""
+        if self.model != FAKE_MODEL and not os.environ.get("OPENAI_API_KEY"):
+            raise SettingsError(
+                f"THREADLINE_MODEL={self.model} needs OPENAI_API_KEY "
+                "(or set THREADLINE_MODEL=fake for the offline model)"
+            )
+        needs = {
+            "postgres": ["postgres_url"],
+            "redis": ["redis_url"],
+            "tiered": ["postgres_url", "redis_url"],
+        }.get(self.checkpointer, [])
+        for field in needs:
+            if getattr(self, field) is None:
+                raise SettingsError(
+                    f"THREADLINE_CHECKPOINTER={self.checkpointer} needs THREADLINE_{field.upper()}"
+                )
+        if self.summary_target_ratio >= self.summary_trigger_ratio:
+            raise SettingsError(
+                "THREADLINE_SUMMARY_TARGET_RATIO must be below THREADLINE_SUMMARY_TRIGGER_RATIO"
+            )
+        return self
