@@ -14,6 +14,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from threadline.settings import Settings, SettingsError
 
@@ -25,16 +26,22 @@ services_app = typer.Typer(
 app.add_typer(threads_app, name="threads")
 app.add_typer(services_app, name="services")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 THREAD_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 USAGE_ERROR = 2
 
 
+def say(text: str) -> None:
+    """Print user or model text verbatim (no rich markup: `[turn 1]` is not a style)."""
+    out.print(text, markup=False, highlight=False)
+
+
 def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print("[bold red]error:[/] ", end="")
+    err.print(message, markup=False, highlight=False)
     return typer.Exit(code)
 
 
@@ -92,18 +99,18 @@ def _text(message: BaseMessage) -> str:
 @app.command()
 def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to continue.")]) -> None:
     """Talk to the agent in the terminal; the thread continues across runs. Ctrl-D quits."""
+    settings = load_settings()  # before importing the graph, which reads settings too
+    config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
     from threadline.checkpointers import open_checkpointer
     from threadline.graph import make_graph
 
-    settings = load_settings()
-    config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
     interactive = sys.stdin.isatty()
 
     async def main() -> None:
         async with open_checkpointer(settings) as saver:
             graph = make_graph(saver, settings)
             turns = len((await graph.aget_state(config)).values.get("messages", []))
-            out.print(f"thread {thread_id}: {turns} messages so far. Ctrl-D to quit.")
+            say(f"thread {thread_id}: {turns} messages so far. Ctrl-D to quit.")
             while True:
                 try:
                     line = input("you> " if interactive else "")
@@ -114,7 +121,7 @@ def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to cont
                 if line.strip() in ("/quit", "/exit"):
                     break
                 result = await graph.ainvoke({"messages": [HumanMessage(line)]}, config)
-                out.print(f"agent> {_text(result['messages'][-1])}", highlight=False)
+                say(f"agent> {_text(result['messages'][-1])}")
 
     run(main)
 
@@ -122,11 +129,10 @@ def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to cont
 @threads_app.command("show")
 def threads_show(thread_id: Annotated[str, typer.Argument(help="The thread to print.")]) -> None:
     """Print a thread's transcript, running summary and last budget telemetry."""
-    from threadline.checkpointers import open_checkpointer
-    from threadline.graph import make_graph
-
     settings = load_settings()
     config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
+    from threadline.checkpointers import open_checkpointer
+    from threadline.graph import make_graph
 
     async def main() -> dict[str, Any]:
         async with open_checkpointer(settings) as saver:
@@ -138,12 +144,12 @@ def threads_show(thread_id: Annotated[str, typer.Argument(help="The thread to pr
         raise fail(f"no thread {thread_id!r} in the {settings.checkpointer} store", code=1)
     table = Table("#", "role", "message", show_lines=False)
     for number, message in enumerate(messages, 1):
-        table.add_row(str(number), message.type, _text(message))
+        table.add_row(str(number), message.type, Text(_text(message)))
     out.print(table)
     out.print(f"[bold]summary[/] ({values.get('summarized_count', 0)} messages folded):")
-    out.print(values.get("summary") or "(none)", highlight=False)
+    say(values.get("summary") or "(none)")
     if telemetry := values.get("telemetry"):
-        out.print(f"[bold]telemetry[/] {telemetry}", highlight=False)
+        say(f"telemetry: {telemetry}")
 
 
 DEFAULT_SERVICES_DIR = Path(".threadline/services")
