@@ -1,6 +1,33 @@
-"""Checkpoint savers chosen by settings. Knows nothing of the agent's state or of HTTP."""
+"""Checkpoint savers chosen by settings. Knows nothing of the agent's state or of HTTP.
+
+The savers load on first use, so importing the package does not pull in Redis or Postgres.
+"""
+
+from typing import Any
 
 from threadline.checkpointers.factory import open_checkpointer, open_postgres_pool
-from threadline.checkpointers.serde import make_serializer
+from threadline.checkpointers.serde import UnencryptedDataError, make_serializer
 
-__all__ = ["make_serializer", "open_checkpointer", "open_postgres_pool"]
+_LAZY = {
+    "DurablePostgresSaver": "threadline.checkpointers.durable",
+    "HotTier": "threadline.checkpointers.hot",
+    "TieredSaver": "threadline.checkpointers.tiered",
+}
+
+__all__ = [
+    "DurablePostgresSaver",
+    "HotTier",
+    "TieredSaver",
+    "UnencryptedDataError",
+    "make_serializer",
+    "open_checkpointer",
+    "open_postgres_pool",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -63,15 +63,13 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
             await sqlite_saver.setup()
             yield sqlite_saver
     elif kind == "postgres":
-        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from threadline.checkpointers.durable import DurablePostgresSaver
 
         if settings.postgres_url is None:
             raise SettingsError("THREADLINE_CHECKPOINTER=postgres needs THREADLINE_POSTGRES_URL")
-        async with open_postgres_pool(
-            _secret(settings.postgres_url), settings.postgres_pool_size
-        ) as pool:
-            postgres_saver = AsyncPostgresSaver(pool, serde=serde)  # type: ignore[arg-type]
-            await postgres_saver.setup()
+        async with DurablePostgresSaver.from_conn_string(
+            _secret(settings.postgres_url), pool_size=settings.postgres_pool_size, serde=serde
+        ) as postgres_saver:
             yield postgres_saver
     elif kind == "redis":
         from langgraph.checkpoint.redis.aio import AsyncRedisSaver
@@ -92,6 +90,21 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
             await saver.asetup()
             yield saver
     elif kind == "tiered":
-        raise SettingsError("THREADLINE_CHECKPOINTER=tiered is not available in this build yet")
+        from threadline.checkpointers.tiered import TieredSaver
+
+        if settings.postgres_url is None or settings.redis_url is None:
+            raise SettingsError(
+                "THREADLINE_CHECKPOINTER=tiered needs THREADLINE_POSTGRES_URL and "
+                "THREADLINE_REDIS_URL"
+            )
+        async with TieredSaver.from_conn_string(
+            _secret(settings.postgres_url),
+            _secret(settings.redis_url),
+            serde=serde,
+            pool_size=settings.postgres_pool_size,
+            hot_ttl_seconds=settings.hot_ttl_seconds,
+            redis_timeout_seconds=settings.redis_timeout_seconds,
+        ) as tiered_saver:
+            yield tiered_saver
     else:  # pragma: no cover - Settings validates the kind
         raise SettingsError(f"unknown THREADLINE_CHECKPOINTER={kind}")

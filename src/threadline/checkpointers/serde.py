@@ -1,7 +1,18 @@
-"""Serializers for every tier: one choice, so encryption at rest covers all of them."""
+"""Serializers for every tier: one choice, so encryption at rest covers all of them.
+
+With a key set, the durable tier also seals what the stock Postgres saver keeps as plaintext
+JSONB (checkpoint metadata, and primitive channel values such as a `str` summary): see
+`ValueSealer`. Metadata stays filterable through keyed MACs of its top-level scalar values,
+which reveal equality, never content.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
@@ -9,6 +20,10 @@ from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 AES_KEY_LENGTHS = (16, 24, 32)
+SEALED = "$enc"
+SEALED_INDEX = "$idx"
+# Metadata keys whose mere presence the stock prune queries test for (DeltaChannel threads).
+PRESENCE_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
 
 
 class UnencryptedDataError(ValueError):
@@ -16,7 +31,20 @@ class UnencryptedDataError(ValueError):
 
 
 class StrictEncryptedSerializer(EncryptedSerializer):
-    """AES (EAX) like LangGraph's own, but refuses plaintext rows instead of reading them."""
+    """AES (EAX) like LangGraph's own, but refuses plaintext rows instead of reading them.
+
+    `index_key` (derived from the AES key) lets the durable tier index sealed metadata.
+    """
+
+    def __init__(
+        self,
+        cipher: Any,
+        serde: SerializerProtocol | None = None,
+        *,
+        index_key: bytes | None = None,
+    ) -> None:
+        super().__init__(cipher, serde or JsonPlusSerializer())
+        self.index_key = index_key
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
         type_tag = data[0]
@@ -35,4 +63,91 @@ def make_serializer(aes_key: str | None) -> SerializerProtocol:
     if len(key) not in AES_KEY_LENGTHS:
         raise ValueError("THREADLINE_AES_KEY must be 16, 24 or 32 bytes long")
     encrypted = EncryptedSerializer.from_pycryptodome_aes(key=key)
-    return StrictEncryptedSerializer(encrypted.cipher, encrypted.serde)
+    index_key = hmac.new(key, b"threadline metadata index", hashlib.sha256).digest()
+    return StrictEncryptedSerializer(encrypted.cipher, encrypted.serde, index_key=index_key)
+
+
+def is_encrypting(serde: SerializerProtocol) -> bool:
+    return isinstance(serde, EncryptedSerializer)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+class ValueSealer:
+    """Turns JSONB-bound values into ciphertext envelopes when the serializer encrypts.
+
+    Without encryption every method is the identity, so rows stay byte-compatible with the
+    stock `AsyncPostgresSaver`.
+    """
+
+    def __init__(self, serde: SerializerProtocol) -> None:
+        self.serde = serde
+        self.encrypted = is_encrypting(serde)
+        self._index_key: bytes | None = getattr(serde, "index_key", None)
+
+    def seal(self, value: Any) -> list[str]:
+        type_tag, blob = self.serde.dumps_typed(value)
+        return [type_tag, base64.b64encode(blob).decode()]
+
+    def unseal(self, envelope: Any) -> Any:
+        if not (isinstance(envelope, list) and len(envelope) == 2):
+            raise UnencryptedDataError("malformed sealed value in a checkpoint row")
+        return self.serde.loads_typed((envelope[0], base64.b64decode(envelope[1])))
+
+    def _mac(self, key: str, value: Any) -> str:
+        assert self._index_key is not None
+        message = key.encode() + b"\0" + json.dumps(value, sort_keys=True).encode()
+        return hmac.new(self._index_key, message, hashlib.sha256).hexdigest()[:32]
+
+    def seal_metadata(self, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.encrypted:
+            return dict(metadata)
+        stored: dict[str, Any] = {SEALED: self.seal(dict(metadata))}
+        if self._index_key is not None:
+            stored[SEALED_INDEX] = {
+                k: self._mac(k, v) for k, v in metadata.items() if _is_scalar(v)
+            }
+        stored.update({k: True for k in PRESENCE_KEYS if k in metadata})
+        return stored
+
+    def open_metadata(self, stored: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.encrypted:
+            return dict(stored)
+        if SEALED not in stored:
+            raise UnencryptedDataError(
+                "refusing to read unencrypted checkpoint metadata while THREADLINE_AES_KEY is set"
+            )
+        return dict(self.unseal(stored[SEALED]))
+
+    def split_filter(self, filter: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(JSONB containment the database can test, residual to check after decryption)."""
+        if not self.encrypted:
+            return dict(filter), {}
+        if self._index_key is None:
+            return {}, dict(filter)
+        indexed = {k: self._mac(k, v) for k, v in filter.items() if _is_scalar(v)}
+        residual = {k: v for k, v in filter.items() if not _is_scalar(v)}
+        return ({SEALED_INDEX: indexed} if indexed else {}), residual
+
+    def run_id_keys(self, run_ids: list[str]) -> list[str] | None:
+        """What `metadata -> $idx ->> run_id` holds for these runs; None if not indexed."""
+        if not self.encrypted:
+            return list(run_ids)
+        if self._index_key is None:
+            return None
+        return [self._mac("run_id", r) for r in run_ids]
+
+
+def metadata_matches(metadata: Mapping[str, Any], filter: Mapping[str, Any]) -> bool:
+    """JSONB `@>` semantics for a decrypted metadata dict."""
+    return all(k in metadata and _contains(metadata[k], v) for k, v in filter.items())
+
+
+def _contains(value: Any, wanted: Any) -> bool:
+    if isinstance(wanted, Mapping):
+        return isinstance(value, Mapping) and metadata_matches(value, wanted)
+    if isinstance(wanted, list):
+        return isinstance(value, list) and all(any(_contains(v, w) for v in value) for w in wanted)
+    return bool(value == wanted)

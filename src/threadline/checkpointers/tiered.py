@@ -1,0 +1,411 @@
+"""`TieredSaver`: Redis for the latest state of active threads, Postgres as the source of truth.
+
+Writes go to Postgres first (a returned `aput` is durable), then to Redis. Latest-state reads
+come from Redis in one round trip; on a miss from Postgres, which then warms Redis. Older
+checkpoints, listings and history always come from Postgres.
+
+Redis trouble never fails an operation. Each Redis call is bounded by a short timeout; a
+failure opens a breaker for `redis_retry_seconds`, during which Redis is skipped. A Postgres
+write whose Redis update failed or was skipped leaves Redis possibly stale for that
+(thread, namespace). Such an entry is never served again:
+- this process marks it suspect and reads it from Postgres until it has invalidated it in
+  Redis (invalidation raises the entry's floor, so a delayed write cannot resurrect it);
+- the mark is also journalled in Postgres (`threadline_hot_invalid`) and announced with
+  NOTIFY, so other replicas stop serving it too, and any saver that starts, or recovers from
+  a Redis error, reloads the journal before it touches Redis again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import psycopg
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+    get_checkpoint_id,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+from redis.exceptions import RedisError
+
+from threadline.checkpointers.durable import DurablePostgresSaver, Statement
+from threadline.checkpointers.hot import HotTier
+from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_CHANNEL = "threadline_hot_invalid"
+WHOLE_THREAD = "\x1f*"  # journal namespace meaning "every namespace of the thread"
+ANY_CHECKPOINT = ""  # journal `below` meaning "whatever the entry holds"
+
+JOURNAL_MIGRATION = """
+CREATE TABLE IF NOT EXISTS threadline_hot_invalid (
+    thread_id TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    below TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (thread_id, checkpoint_ns)
+)"""
+JOURNAL_UPSERT_SQL = """
+INSERT INTO threadline_hot_invalid (thread_id, checkpoint_ns, below) VALUES (%s, %s, %s)
+ON CONFLICT (thread_id, checkpoint_ns) DO UPDATE SET below = CASE
+    WHEN threadline_hot_invalid.below = '' OR EXCLUDED.below = '' THEN ''
+    ELSE GREATEST(threadline_hot_invalid.below, EXCLUDED.below) END"""
+JOURNAL_NOTIFY_SQL = f"SELECT pg_notify('{JOURNAL_CHANNEL}', %s)"
+JOURNAL_SELECT_SQL = "SELECT thread_id, checkpoint_ns, below FROM threadline_hot_invalid"
+JOURNAL_DELETE_SQL = """
+DELETE FROM threadline_hot_invalid WHERE thread_id = %s AND checkpoint_ns = %s AND below = %s"""
+
+REDIS_FAULTS = (RedisError, OSError, asyncio.TimeoutError)
+
+Key = tuple[str, str]
+
+
+def _merge_below(old: str | None, new: str) -> str:
+    if old is None:
+        return new
+    if ANY_CHECKPOINT in (old, new):
+        return ANY_CHECKPOINT
+    return max(old, new)
+
+
+class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
+    """Checkpoint saver with a Redis hot tier in front of a lock-free Postgres saver."""
+
+    def __init__(
+        self,
+        durable: DurablePostgresSaver,
+        hot: HotTier,
+        *,
+        redis_retry_seconds: float = 1.0,
+        listen_url: str | None = None,
+    ) -> None:
+        super().__init__(serde=durable.serde)
+        self.durable = durable
+        self.hot = hot
+        self.loop = asyncio.get_running_loop()
+        self.redis_retry_seconds = redis_retry_seconds
+        self._redis_retry_at = 0.0
+        self._journal_stale = True
+        self._suspects: dict[Key, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeping = False
+        if listen_url is not None:
+            self._spawn(self._listen(listen_url))
+
+    @classmethod
+    @asynccontextmanager
+    async def from_conn_string(
+        cls,
+        postgres_url: str,
+        redis_url: str,
+        *,
+        serde: SerializerProtocol | None = None,
+        pool_size: int = 10,
+        hot_ttl_seconds: float = 3600,
+        redis_timeout_seconds: float = 0.1,
+        redis_retry_seconds: float = 1.0,
+        key_prefix: str = "threadline",
+        setup: bool = True,
+    ) -> AsyncIterator[TieredSaver]:
+        """A ready saver owning its Postgres pool and Redis client for the context."""
+        async with DurablePostgresSaver.from_conn_string(
+            postgres_url, pool_size=pool_size, serde=serde, setup=False
+        ) as durable:
+            hot = HotTier.from_url(
+                redis_url,
+                durable.serde,
+                ttl_seconds=hot_ttl_seconds,
+                timeout_seconds=redis_timeout_seconds,
+                prefix=key_prefix,
+            )
+            saver = cls(
+                durable, hot, redis_retry_seconds=redis_retry_seconds, listen_url=postgres_url
+            )
+            try:
+                if setup:
+                    await saver.setup()
+                yield saver
+            finally:
+                await saver.aclose()
+
+    async def setup(self) -> None:
+        """Stock checkpoint tables and migrations, plus the invalidation journal."""
+        await self.durable.setup()
+        async with self.durable._cursor() as cur:
+            await cur.execute(JOURNAL_MIGRATION)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.hot.aclose()
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        return self.durable.get_next_version(current, channel)
+
+    # --------------------------------------------------------------- Redis health
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        if time.monotonic() >= self._redis_retry_at:
+            logger.warning(
+                "Redis unavailable (%s); serving from Postgres for %.1fs",
+                type(exc).__name__,
+                self.redis_retry_seconds,
+            )
+        self._redis_retry_at = time.monotonic() + self.redis_retry_seconds
+        self._journal_stale = True
+
+    async def _hot_ready(self, thread_id: str, checkpoint_ns: str) -> bool:
+        """Whether Redis may be used for this entry now (repairing it first if needed)."""
+        if time.monotonic() < self._redis_retry_at:
+            return False
+        if self._journal_stale:
+            try:
+                await self._load_journal()
+            except psycopg.Error:
+                return False
+            if self._suspects and not self._sweeping:
+                self._spawn(self._sweep())
+        for key in ((thread_id, WHOLE_THREAD), (thread_id, checkpoint_ns)):
+            if key in self._suspects and not await self._repair(key):
+                return False
+        return True
+
+    async def _redis(self, call: Any) -> Any:
+        """Await a Redis call under a hard deadline on top of the socket timeouts."""
+        async with asyncio.timeout(self.hot.timeout_guard):
+            return await call
+
+    # ------------------------------------------------------ suspects and journal
+
+    def _suspect(self, key: Key, below: str) -> None:
+        self._suspects[key] = _merge_below(self._suspects.get(key), below)
+
+    def _journal_statements(self, key: Key, below: str) -> list[Statement]:
+        note = json.dumps({"t": key[0], "ns": key[1], "b": below})
+        return [(JOURNAL_UPSERT_SQL, (*key, below)), (JOURNAL_NOTIFY_SQL, (note,))]
+
+    async def _journal(self, key: Key, below: str) -> None:
+        """Mark an entry suspect here and, durably, for every replica."""
+        self._suspect(key, below)
+        try:
+            async with self.durable._cursor(pipeline=True) as cur:
+                for sql, params in self._journal_statements(key, below):
+                    await cur.execute(sql, params)
+        except psycopg.Error:
+            logger.exception("could not journal a stale Redis entry; this process skips it")
+
+    async def _load_journal(self) -> None:
+        async with self.durable._cursor() as cur:
+            await cur.execute(JOURNAL_SELECT_SQL)
+            rows = await cur.fetchall()
+        for row in rows:
+            self._suspect((row["thread_id"], row["checkpoint_ns"]), row["below"])
+        self._journal_stale = False
+
+    def _on_note(self, payload: str) -> None:
+        try:
+            note = json.loads(payload)
+            self._suspect((note["t"], note["ns"]), note["b"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring a malformed %s notification", JOURNAL_CHANNEL)
+
+    async def _listen(self, url: str) -> None:
+        """Follow other replicas' journal entries as they happen."""
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {JOURNAL_CHANNEL}")
+                    await self._load_journal()
+                    async for note in conn.notifies():
+                        self._on_note(note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep following; a dead listener only costs latency
+                logger.warning("journal listener reconnecting after %s", type(exc).__name__)
+                self._journal_stale = True
+                await asyncio.sleep(1.0)
+
+    async def _repair(self, key: Key) -> bool:
+        """Invalidate a suspect entry in Redis, then clear its journal row."""
+        below = self._suspects[key]
+        thread_id, checkpoint_ns = key
+        try:
+            if checkpoint_ns == WHOLE_THREAD:
+                await self._redis(self.hot.invalidate_thread(thread_id))
+            else:
+                await self._redis(
+                    self.hot.invalidate(thread_id, checkpoint_ns, below=below or None)
+                )
+        except REDIS_FAULTS as exc:
+            self._redis_failed(exc)
+            return False
+        try:
+            async with self.durable._cursor() as cur:
+                await cur.execute(JOURNAL_DELETE_SQL, (*key, below))
+        except psycopg.Error:
+            return False
+        if self._suspects.get(key) == below:
+            del self._suspects[key]
+        return True
+
+    async def _sweep(self) -> None:
+        """After recovering, repair every known suspect, not only the ones being read."""
+        self._sweeping = True
+        try:
+            for key in list(self._suspects):
+                if time.monotonic() < self._redis_retry_at:
+                    return
+                if key in self._suspects:
+                    await self._repair(key)
+        finally:
+            self._sweeping = False
+
+    async def _invalidate(self, key: Key, *, reset_floor: bool) -> None:
+        """Invalidate after a destructive Postgres change, or journal it for later."""
+        thread_id, checkpoint_ns = key
+        if await self._hot_ready(thread_id, checkpoint_ns):
+            try:
+                if checkpoint_ns == WHOLE_THREAD:
+                    call = self.hot.invalidate_thread(thread_id, reset_floor=reset_floor)
+                else:
+                    call = self.hot.invalidate(thread_id, checkpoint_ns, reset_floor=reset_floor)
+                await self._redis(call)
+                return
+            except REDIS_FAULTS as exc:
+                self._redis_failed(exc)
+        await self._journal(key, ANY_CHECKPOINT)
+
+    # ---------------------------------------------------------------------- reads
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        if get_checkpoint_id(config):
+            return await self.durable.aget_tuple(config)
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        checkpoint_ns = configurable.get("checkpoint_ns", "")
+        gen: str | None = None
+        if await self._hot_ready(thread_id, checkpoint_ns):
+            try:
+                found = await self._redis(self.hot.read(thread_id, checkpoint_ns))
+            except REDIS_FAULTS as exc:
+                self._redis_failed(exc)
+            else:
+                if found.record is not None:
+                    return self.durable.to_tuple(found.record)
+                gen = found.gen
+        record = await self.durable.fetch_record(thread_id, checkpoint_ns, None)
+        if record is None:
+            return None
+        if gen is not None and record.skeleton.get("v", 0) >= 4:
+            try:
+                await self._redis(self.hot.warm(record, gen))
+            except REDIS_FAULTS as exc:
+                self._redis_failed(exc)
+        return self.durable.to_tuple(record)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        async for found in self.durable.alist(config, filter=filter, before=before, limit=limit):
+            yield found
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return await self.durable.aget_delta_channel_history(config=config, channels=channels)
+
+    # --------------------------------------------------------------------- writes
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        prepared = self.durable.prepare_put(config, checkpoint, metadata, new_versions)
+        key = (prepared.thread_id, prepared.checkpoint_ns)
+        await self._write(
+            key,
+            prepared.checkpoint_id,
+            lambda also: self.durable.write_checkpoint(prepared, also),
+            lambda: self.hot.put(prepared),
+        )
+        return prepared.next_config
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        prepared = self.durable.prepare_writes(config, writes, task_id, task_path)
+        await self._write(
+            (prepared.thread_id, prepared.checkpoint_ns),
+            prepared.checkpoint_id,
+            lambda also: self.durable.write_writes(prepared, also),
+            lambda: self.hot.put_writes(prepared),
+        )
+
+    async def _write(self, key: Key, checkpoint_id: str, durable: Any, hot: Any) -> None:
+        """Postgres first (journalling in the same transaction if Redis is out), then Redis."""
+        ready = await self._hot_ready(*key)
+        also: Iterable[Statement] = () if ready else self._journal_statements(key, checkpoint_id)
+        await durable(also)
+        if not ready:
+            self._suspect(key, checkpoint_id)
+            return
+        try:
+            await self._redis(hot())
+        except REDIS_FAULTS as exc:
+            self._redis_failed(exc)
+            await self._journal(key, checkpoint_id)
+
+    # ------------------------------------------------------------------ deletion
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self.durable.adelete_thread(thread_id)
+        await self._invalidate((str(thread_id), WHOLE_THREAD), reset_floor=False)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        for key in sorted(await self.durable.delete_runs(run_ids)):
+            await self._invalidate(key, reset_floor=True)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self.durable.acopy_thread(source_thread_id, target_thread_id)
+        await self._invalidate((str(target_thread_id), WHOLE_THREAD), reset_floor=True)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self.durable.aprune(thread_ids, strategy=strategy)
+        for thread_id in thread_ids:
+            await self._invalidate((str(thread_id), WHOLE_THREAD), reset_floor=False)
+
+
+__all__ = ["TieredSaver"]
