@@ -261,6 +261,33 @@ async def test_three_studio_turns_land_in_the_configured_backend(
         ), f"turn {turn} is not in the backend"
 
 
+async def test_studio_state_shows_the_running_summary_and_per_run_budget(
+    studio: DevServer, module_stub: OpenAIStub
+) -> None:
+    client = get_client(url=studio.url)
+    thread_id = (await client.threads.create())["thread_id"]
+    filler = "This sentence is here only to take up room in the context window. " * 4
+    said = [f"fact {n}: my locker number is {100 + n}. {filler}" for n in range(1, 6)]
+    before = len(module_stub.completions)
+    for text in said:
+        await client.runs.wait(
+            thread_id,
+            "agent",
+            input={"messages": [{"role": "user", "content": text}]},
+            context={"max_context_tokens": 256},  # Studio's context panel sends the same
+        )
+    values = (await client.threads.get_state(thread_id))["values"]
+    assert values["telemetry"]["budget"] == 256
+    assert values["telemetry"]["total_folds"] >= 1
+    assert values["summarized_count"] >= 2
+    assert values["summary"]  # the running summary is part of the thread state Studio shows
+    assert contents(values["messages"])[::2] == said  # the transcript itself is never cut
+
+    last_turn = module_stub.completions[before:][-1]
+    assert last_turn.last_user_text == said[-1]
+    assert said[0] not in last_turn.texts("user")  # folded away, reaching the model as summary
+
+
 async def test_threadline_http_api_is_mounted_beside_the_langgraph_api(
     studio: DevServer,
 ) -> None:

@@ -281,3 +281,47 @@ async def test_wrapper_node_maps_state_and_keeps_memory_across_restart(
             user_turn(n) for n in range(1, turns + 1)
         ]
         assert agent.checkpoint["channel_values"]["total_folds"] >= 2
+
+
+def test_embedding_runs_synchronously_and_nested_two_levels_deep(
+    openai_stub: OpenAIStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync twins of both patterns, with the agent two subgraphs below the root."""
+    for name, value in openai_stub.env().items():
+        monkeypatch.setenv(name, value)
+    openai_stub.responder = scripted_model
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        model="openai:gpt-4o-mini",
+        system_prompt=SYSTEM_PROMPT,
+        max_context_tokens=BUDGET,
+        summary_max_tokens=SUMMARY_CAP,
+        checkpointer="memory",
+    )
+    saver = InMemorySaver()
+    desk = StateGraph(TicketState)
+    desk.add_node(
+        "support",
+        wrapper_node(
+            make_subgraph(settings),
+            ask=lambda state: state["question"],
+            answer=lambda reply, agent: {"answer": reply.text, "answered": len(agent["messages"])},
+        ),
+    )
+    desk.add_edge(START, "support")
+    desk.add_edge("support", END)
+    root = StateGraph(TicketState)
+    root.add_node("desk", desk.compile(checkpointer=True))
+    root.add_edge(START, "desk")
+    root.add_edge("desk", END)
+    graph = root.compile(checkpointer=saver)
+
+    config = {"configurable": {"thread_id": "nested"}}
+    for n in range(1, 21):
+        out = graph.invoke({"question": user_turn(n)}, config)
+        assert out["answer"] == f"noted code-{n}"
+        assert out["answered"] == 2 * n
+    agent = graph.get_state(subgraph_config(config, "desk", "support")).values
+    assert agent["total_folds"] >= 1
+    assert mentions(agent["summary"], 1)
+    assert len(agent["messages"]) == 40
