@@ -1,75 +1,144 @@
-"""`create_app(settings)`: the FastAPI app serving the agent over LangServe.
+"""`create_app(settings)`: the FastAPI app serving the agent.
 
-The lifespan opens the configured checkpointer and attaches it to the graph compiled once at
-start-up; routes read the thread from the request, because LangServe drops client-sent
-`configurable` keys that the graph's config schema does not declare.
+The graph is compiled once here; the lifespan opens the configured checkpointer and the matching
+thread locks and hands both to the routes for as long as the app runs.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 from langserve import add_routes
 
 from threadline.checkpointers import open_checkpointer
-from threadline.graph import make_graph
-from threadline.server.threads import THREAD_HEADER, validate_thread_id
+from threadline.graph import MemoryPolicy, make_graph
+from threadline.server.admission import Admission, admit_agent_turns, agent_config
+from threadline.server.auth import ApiKeys, warn_if_open
+from threadline.server.chat import (
+    CHAT_PATH,
+    ChatAgent,
+    ChatThreadCookie,
+    admit_chat_turn,
+    chat_config,
+)
+from threadline.server.limits import Limits
+from threadline.server.locks import open_turn_locks
+from threadline.server.thread_routes import router as threads_router
+from threadline.server.turns import ServedAgent, TurnRunner
 from threadline.settings import Settings
 
+AGENT_PATH = "/agent"
+READY_PROBE_THREAD = "threadline-readyz"
+READY_TIMEOUT_SECONDS = 3.0
 
-async def thread_config(config: dict[str, Any], request: Request) -> dict[str, Any]:
-    """Put the request's thread into the run config (body `configurable.thread_id` or header)."""
-    thread_id = request.headers.get(THREAD_HEADER)
-    if thread_id is None:
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except json.JSONDecodeError:
-            body = {}
-        sent = body.get("config") if isinstance(body, dict) else None
-        if isinstance(sent, dict):
-            thread_id = (sent.get("configurable") or {}).get("thread_id")
-    if thread_id is None:
-        raise HTTPException(
-            422, f"a thread is required: config.configurable.thread_id or {THREAD_HEADER}"
-        )
-    configurable = dict(config.get("configurable") or {})
-    configurable["thread_id"] = validate_thread_id(thread_id)
-    return {**config, "configurable": configurable}
+
+async def _probe(check: Awaitable[Any]) -> str:
+    try:
+        await asyncio.wait_for(check, READY_TIMEOUT_SECONDS)
+    except Exception as exc:  # the probe reports any failure; it never raises
+        return f"unavailable ({type(exc).__name__})"
+    return "ok"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The HTTP app. The saver lives exactly as long as the app's lifespan."""
+    """The HTTP app. Saver and locks live exactly as long as the app's lifespan."""
     settings = (settings or Settings()).check()
+    api_keys = ApiKeys.parse(settings.api_keys)
     graph = make_graph(settings=settings)
+    agent = ServedAgent(graph)
+    chat = ChatAgent()
+    admission = Admission(
+        limits=Limits.from_settings(settings),
+        policy=MemoryPolicy.from_settings(settings),
+        lock_timeout=settings.turn_lock_timeout_seconds,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_checkpointer(settings) as saver:
-            graph.checkpointer = saver
-            app.state.graph = graph
-            yield
+        warn_if_open(api_keys)
+        async with open_checkpointer(settings) as saver, open_turn_locks(settings) as locks:
+            runner = TurnRunner(graph.copy({"checkpointer": saver}))
+            agent.attach(runner)
+            chat.attach(runner)
+            admission.locks = locks
+            app.state.runner = runner
+            try:
+                yield
+            finally:
+                app.state.runner = None
+                admission.locks = None
 
-    app = FastAPI(title="threadline", lifespan=lifespan)
+    app = FastAPI(
+        title="threadline",
+        description="A chat agent with durable, shared, budget-aware thread memory.",
+        lifespan=lifespan,
+    )
+    app.state.api_keys = api_keys
+    app.state.admission = admission
+    app.state.runner = None
+    app.add_middleware(ChatThreadCookie)
 
-    @app.get("/healthz")
+    @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
+        """The process is up."""
         return {"status": "ok"}
 
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        """The checkpointer and the thread locks answer; 503 otherwise."""
+        runner: TurnRunner | None = request.app.state.runner
+        if runner is None or admission.locks is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        saver = runner.graph.checkpointer
+        assert saver is not None and not isinstance(saver, bool)
+        checks = {
+            "checkpointer": await _probe(
+                saver.aget_tuple({"configurable": {"thread_id": READY_PROBE_THREAD}})
+            ),
+            "thread_locks": await _probe(admission.locks.ping()),
+        }
+        ready = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    app.include_router(threads_router)
     add_routes(
         app,
-        graph,
-        path="/agent",
+        agent,
+        path=AGENT_PATH,
         config_keys=["configurable"],
-        per_req_config_modifier=thread_config,
+        per_req_config_modifier=agent_config,
+        dependencies=[Depends(admit_agent_turns)],
         enabled_endpoints=[
             "invoke",
             "batch",
             "stream",
             "stream_events",
+            "input_schema",
+            "output_schema",
+            "config_schema",
+        ],
+    )
+    add_routes(
+        app,
+        chat.runnable(),
+        path=CHAT_PATH,
+        config_keys=["configurable"],
+        per_req_config_modifier=chat_config,
+        dependencies=[Depends(admit_chat_turn)],
+        playground_type="chat",
+        enabled_endpoints=[
+            "invoke",
+            "stream",
+            "stream_log",
+            "playground",
             "input_schema",
             "output_schema",
             "config_schema",

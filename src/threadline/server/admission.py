@@ -1,0 +1,151 @@
+"""Admitting a turn: who asks, on which threads, within which limits, holding which locks.
+
+Runs as a FastAPI dependency on the LangServe routes, before LangServe reads the request, so a
+busy thread is a 409 and an oversized request a 413 before any response (or stream) starts. The
+dependency lives as long as the request, so a thread stays locked until its stream has ended.
+LangServe then calls `agent_config` once per run config to put the tenant-scoped thread into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from threadline.graph.context import MemoryPolicy
+from threadline.server.auth import authenticate
+from threadline.server.idempotency import (
+    IDEMPOTENCY_CONFIG_KEY,
+    IDEMPOTENCY_HEADER,
+    validate_idempotency_key,
+)
+from threadline.server.limits import Limits, check_turn_input, json_body
+from threadline.server.locks import LockBackendError, ThreadBusyError, TurnLocks
+from threadline.server.threads import THREAD_HEADER, scoped_thread_key, validate_thread_id
+
+TURN_ENDPOINTS = frozenset({"invoke", "batch", "stream", "stream_events", "stream_log"})
+
+
+@dataclass
+class Admission:
+    """What admitting a turn needs; one per app, kept on `app.state.admission`."""
+
+    limits: Limits
+    policy: MemoryPolicy
+    lock_timeout: float
+    locks: TurnLocks | None = None
+
+    def held(self, keys: list[str]) -> Any:
+        if self.locks is None:
+            raise RuntimeError("thread locks exist only while the app's lifespan runs")
+        return self.locks.hold(keys, self.lock_timeout)
+
+
+async def hold_threads(stack: AsyncExitStack, admission: Admission, keys: list[str]) -> None:
+    """Lock `keys` for the rest of the request, or answer 409 (busy) / 503 (lock store down)."""
+    if not keys:
+        return
+    try:
+        await stack.enter_async_context(admission.held(keys))
+    except ThreadBusyError:
+        raise HTTPException(
+            409,
+            f"the thread is busy with another turn (waited {admission.lock_timeout:g}s); "
+            "retry later",
+        ) from None
+    except LockBackendError as exc:
+        raise HTTPException(503, str(exc)) from None
+
+
+def requested_thread(config: Any, header: str | None) -> str:
+    """The thread a run config names, else the header's; 422 if neither is a valid thread."""
+    configurable = config.get("configurable") if isinstance(config, Mapping) else None
+    sent = configurable.get("thread_id") if isinstance(configurable, Mapping) else None
+    if sent is None:
+        sent = header
+    if sent is None:
+        raise HTTPException(
+            422,
+            f"a thread is required: config.configurable.thread_id or the {THREAD_HEADER} header",
+        )
+    return validate_thread_id(sent)
+
+
+def agent_threads(endpoint: str, body: Any, request: Request, admission: Admission) -> list[str]:
+    """The threads an /agent request runs turns on, one per run, checking each run's input."""
+    if not isinstance(body, Mapping):
+        raise HTTPException(422, "request body must be a JSON object")
+    header = request.headers.get(THREAD_HEADER)
+    if endpoint != "batch":
+        check_turn_input(body.get("input"), admission.limits)
+        return [requested_thread(body.get("config"), header)]
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list):
+        raise HTTPException(422, "`inputs` must be a list")
+    if len(inputs) > admission.limits.max_messages:
+        raise HTTPException(
+            413, f"{len(inputs)} inputs in one batch; the limit is {admission.limits.max_messages}"
+        )
+    for input in inputs:
+        check_turn_input(input, admission.limits)
+    config = body.get("config")
+    if isinstance(config, list):
+        if len(config) != len(inputs):
+            raise HTTPException(
+                422, f"{len(config)} configs for {len(inputs)} inputs: send one per input"
+            )
+        threads = [requested_thread(item, header) for item in config]
+    else:
+        threads = [requested_thread(config, header)] * len(inputs)
+    if len(set(threads)) != len(threads):
+        raise HTTPException(
+            422, "a batch may run one turn per thread: send turns on the same thread in order"
+        )
+    return threads
+
+
+async def admit_agent_turns(request: Request) -> AsyncIterator[None]:
+    """Dependency of the /agent routes: auth everywhere, limits and thread locks on turns."""
+    admission: Admission = request.app.state.admission
+    tenant = authenticate(request)
+    endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+    if request.method != "POST" or endpoint not in TURN_ENDPOINTS:
+        yield
+        return
+    validate_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+    body = await json_body(request, admission.limits)
+    threads = agent_threads(endpoint, body, request, admission)
+    async with AsyncExitStack() as stack:
+        await hold_threads(stack, admission, [scoped_thread_key(tenant, t) for t in threads])
+        yield
+
+
+def validated_overrides(configurable: Mapping[str, Any], policy: MemoryPolicy) -> None:
+    """422 now, rather than a failed turn later, for overrides the graph would refuse."""
+    try:
+        policy.overridden(None, configurable)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def scoped_run_config(
+    config: dict[str, Any], request: Request, thread_id: str, admission: Admission
+) -> dict[str, Any]:
+    """The run config with the tenant-scoped thread and this request's idempotency key."""
+    configurable = dict(config.get("configurable") or {})
+    validated_overrides(configurable, admission.policy)
+    configurable["thread_id"] = scoped_thread_key(getattr(request.state, "tenant", None), thread_id)
+    configurable.pop(IDEMPOTENCY_CONFIG_KEY, None)
+    if key := request.headers.get(IDEMPOTENCY_HEADER):
+        configurable[IDEMPOTENCY_CONFIG_KEY] = key
+    return {**config, "configurable": configurable}
+
+
+async def agent_config(config: dict[str, Any], request: Request) -> dict[str, Any]:
+    """LangServe's per-request config modifier for /agent (called once per run config)."""
+    admission: Admission = request.app.state.admission
+    thread_id = requested_thread(config, request.headers.get(THREAD_HEADER))
+    return scoped_run_config(config, request, thread_id, admission)

@@ -1,0 +1,159 @@
+"""The chat playground at /chat: a person in a browser talking to one server-side thread.
+
+LangServe's chat playground sends `config: {}` and re-sends the whole visible conversation on
+every turn. So the thread comes from a cookie this server sets per visitor (scoped by tenant
+when auth is on, via HTTP Basic so the browser can log in), and only the trailing human message
+reaches the checkpointed graph; the reply streams back as text.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+from fastapi import HTTPException, Request
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from threadline.server.admission import TURN_ENDPOINTS, Admission, hold_threads, scoped_run_config
+from threadline.server.auth import authenticate
+from threadline.server.limits import check_turn_input, json_body
+from threadline.server.threads import THREAD_ID_PATTERN, scoped_thread_key
+from threadline.server.turns import TurnRunner
+
+CHAT_PATH = "/chat"
+CHAT_COOKIE = "threadline_chat"
+CHAT_THREAD_SCOPE_KEY = "threadline.chat_thread"
+COOKIE_MAX_AGE = 365 * 24 * 3600
+
+
+class ChatInput(BaseModel):
+    """The conversation as the page shows it; only its last (human) message is new."""
+
+    messages: list[HumanMessage | AIMessage | SystemMessage] = Field(
+        ..., json_schema_extra={"widget": {"type": "chat", "input": "messages"}}
+    )
+
+
+def _cookie_thread(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name != b"cookie":
+            continue
+        try:
+            jar = SimpleCookie(value.decode("latin-1"))
+        except CookieError:
+            return None
+        if (morsel := jar.get(CHAT_COOKIE)) and THREAD_ID_PATTERN.fullmatch(morsel.value):
+            return morsel.value
+    return None
+
+
+class ChatThreadCookie:
+    """ASGI middleware: every /chat visitor gets a thread of their own, kept in a cookie."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(f"{CHAT_PATH}/"):
+            await self.app(scope, receive, send)
+            return
+        thread = _cookie_thread(scope)
+        if thread is not None:
+            scope[CHAT_THREAD_SCOPE_KEY] = thread
+            await self.app(scope, receive, send)
+            return
+        thread = f"chat-{secrets.token_urlsafe(12)}"
+        scope[CHAT_THREAD_SCOPE_KEY] = thread
+        cookie = (
+            f"{CHAT_COOKIE}={thread}; Path={CHAT_PATH}; Max-Age={COOKIE_MAX_AGE}; "
+            "HttpOnly; SameSite=Lax"
+        )
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"set-cookie", cookie.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
+def _is_human(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("type") in ("human", "user")
+
+
+def chat_thread(request: Request) -> str:
+    thread = request.scope.get(CHAT_THREAD_SCOPE_KEY)
+    if thread is None:  # only without the middleware, i.e. a wiring mistake
+        raise HTTPException(500, "chat thread cookie middleware is not installed")
+    return str(thread)
+
+
+async def admit_chat_turn(request: Request) -> AsyncIterator[None]:
+    """Dependency of the /chat routes: Basic or Bearer auth, limits, the visitor's thread lock."""
+    admission: Admission = request.app.state.admission
+    tenant = authenticate(request, browser=True)
+    endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+    if request.method != "POST" or endpoint not in TURN_ENDPOINTS:
+        yield
+        return
+    body = await json_body(request, admission.limits)
+    input = body.get("input") if isinstance(body, dict) else None
+    check_turn_input(input, admission.limits)
+    messages = input.get("messages") if isinstance(input, dict) else None
+    if not isinstance(messages, list) or not messages or not _is_human(messages[-1]):
+        raise HTTPException(422, "input.messages must end with the new human message")
+    async with AsyncExitStack() as stack:
+        await hold_threads(stack, admission, [scoped_thread_key(tenant, chat_thread(request))])
+        yield
+
+
+async def chat_config(config: dict[str, Any], request: Request) -> dict[str, Any]:
+    """LangServe's per-request config modifier for /chat: the visitor's thread, always."""
+    admission: Admission = request.app.state.admission
+    return scoped_run_config(config, request, chat_thread(request), admission)
+
+
+def new_human_message(input: dict[str, Any]) -> HumanMessage:
+    messages = input.get("messages") or []
+    if not messages or not isinstance(messages[-1], HumanMessage):
+        raise HTTPException(422, "the conversation must end with the new human message")
+    last = messages[-1]
+    return HumanMessage(content=last.content, id=last.id) if last.id else HumanMessage(last.content)
+
+
+def reply_text(message: Any) -> str:
+    if isinstance(message, AIMessage | AIMessageChunk):
+        return message.text if isinstance(message.content, list) else str(message.content)
+    return ""
+
+
+class ChatAgent:
+    """The chat-shaped runnable: the new message in, the reply's text streamed out."""
+
+    def __init__(self) -> None:
+        self.runner: TurnRunner | None = None
+
+    def attach(self, runner: TurnRunner) -> None:
+        self.runner = runner
+
+    def runnable(self) -> Runnable[Any, str]:
+        turn: Runnable[Any, Any] = RunnableLambda(self._turn, name="threadline-chat")
+        return turn.with_types(input_type=ChatInput, output_type=str)
+
+    async def _turn(self, input: dict[str, Any], config: RunnableConfig) -> AsyncIterator[str]:
+        if self.runner is None:
+            raise RuntimeError("the chat is served only while the app's lifespan runs")
+        turn = {"messages": [new_human_message(input)]}
+        if (previous := await self.runner.previous(turn, config)) is not None:
+            yield reply_text(previous["messages"][-1])
+            return
+        async for message, metadata in self.runner.stream(turn, config, stream_mode="messages"):
+            if metadata.get("langgraph_node") == "model" and (text := reply_text(message)):
+                yield text

@@ -1,0 +1,85 @@
+"""Request limits: body size, messages per request, characters per message (413), bad JSON (422).
+
+Checked before LangServe parses anything, so an oversized request costs one read and a clear
+message, never a model call or a write.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from threadline.settings import Settings
+
+JSON_OVERHEAD_BYTES = 64 * 1024
+BYTES_PER_CHAR = 4  # worst case of UTF-8, and of JSON escapes for most text
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_chars: int
+    max_messages: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.max_message_chars, settings.max_messages_per_request)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_messages * self.max_message_chars * BYTES_PER_CHAR + JSON_OVERHEAD_BYTES
+
+
+async def json_body(request: Request, limits: Limits) -> Any:
+    """The parsed JSON body, within the size limit."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise HTTPException(413, f"request body is over {limits.max_body_bytes} bytes")
+    raw = await request.body()
+    if len(raw) > limits.max_body_bytes:
+        raise HTTPException(413, f"request body is over {limits.max_body_bytes} bytes")
+    try:
+        return json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HTTPException(422, "request body is not valid JSON") from None
+
+
+def message_chars(message: Any) -> int:
+    """Characters of text in one message as sent (string content or text parts)."""
+    content = message.get("content") if isinstance(message, Mapping) else message
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if isinstance(part, str):
+                total += len(part)
+            elif isinstance(part, Mapping):
+                total += sum(len(v) for v in part.values() if isinstance(v, str))
+        return total
+    return 0
+
+
+def check_messages(messages: Any, limits: Limits) -> None:
+    """413 when a request carries too many or too large messages; shape errors are LangServe's."""
+    if not isinstance(messages, list):
+        return
+    if len(messages) > limits.max_messages:
+        raise HTTPException(
+            413, f"{len(messages)} messages in one request; the limit is {limits.max_messages}"
+        )
+    for number, message in enumerate(messages, 1):
+        chars = message_chars(message)
+        if chars > limits.max_message_chars:
+            raise HTTPException(
+                413,
+                f"message {number} has {chars} characters; the limit is {limits.max_message_chars}",
+            )
+
+
+def check_turn_input(input: Any, limits: Limits) -> None:
+    if isinstance(input, Mapping):
+        check_messages(input.get("messages"), limits)

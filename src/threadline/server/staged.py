@@ -1,0 +1,113 @@
+"""A saver that reads through to the real one and holds a turn's writes until the turn succeeded.
+
+LangGraph saves a checkpoint at the end of a run even when a node raised, so a failed model call
+would leave the human message in the thread without its reply. Running each turn against a
+`StagedSaver` (with `durability="exit"`: one checkpoint per turn) and committing only after
+success means a turn is either stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+)
+
+
+class StagedSaver(BaseCheckpointSaver):
+    """Async-only: the server runs every turn on the event loop."""
+
+    def __init__(self, saver: BaseCheckpointSaver) -> None:
+        super().__init__(serde=saver.serde)
+        self._saver = saver
+        self._staged: list[tuple[str, tuple[Any, ...]]] = []
+
+    @property
+    def config_specs(self) -> list[Any]:
+        return self._saver.config_specs
+
+    def get_next_version(self, current: Any, channel: None) -> Any:
+        return self._saver.get_next_version(current, channel)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._saver.aget_tuple(config)
+
+    def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        return self._saver.alist(config, filter=filter, before=before, limit=limit)
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        self._staged.append(("aput", (config, checkpoint, metadata, new_versions)))
+        configurable = config["configurable"]
+        return {
+            "configurable": {
+                "thread_id": configurable["thread_id"],
+                "checkpoint_ns": configurable.get("checkpoint_ns", ""),
+                "checkpoint_id": checkpoint["id"],
+            }
+        }
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self._staged.append(("aput_writes", (config, writes, task_id, task_path)))
+
+    async def commit(self) -> None:
+        """Write what the turn staged, in the order LangGraph produced it."""
+        staged, self._staged = self._staged, []
+        for method, args in staged:
+            await getattr(self._saver, method)(*args)
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        raise NotImplementedError("StagedSaver is async-only")
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        raise NotImplementedError("StagedSaver is async-only")
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        raise NotImplementedError("StagedSaver is async-only")
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        raise NotImplementedError("StagedSaver is async-only")

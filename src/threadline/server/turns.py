@@ -1,0 +1,182 @@
+"""Running one turn: replay a retried turn, or run the graph and store the turn whole.
+
+`TurnRunner` is the only place the server runs the graph; `ServedAgent` is the runnable LangServe
+serves, declaring `thread_id` and the memory overrides in its config schema so LangServe keeps
+them per request (and per `/batch` entry) instead of dropping them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal, get_args
+
+import anyio
+from fastapi import HTTPException
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.utils import ConfigurableFieldSpec
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel
+
+from threadline.graph.memory import BudgetTooSmallError
+from threadline.server.idempotency import previous_result, turn_metadata
+from threadline.server.staged import StagedSaver
+from threadline.settings import Strategy
+
+TURN_CONFIG_SPECS = [
+    ConfigurableFieldSpec(
+        id="thread_id",
+        annotation=str | None,
+        name="Thread",
+        description="The conversation; 1-128 characters of letters, digits and . _ : @ -",
+        default=None,
+    ),
+    ConfigurableFieldSpec(
+        id="system_prompt",
+        annotation=str | None,
+        description="Overrides the system prompt for this turn.",
+        default=None,
+    ),
+    ConfigurableFieldSpec(
+        id="max_context_tokens",
+        annotation=int | None,
+        description="Overrides the context budget for this turn (>= 256).",
+        default=None,
+    ),
+    ConfigurableFieldSpec(
+        id="memory_strategy",
+        annotation=Literal[get_args(Strategy)] | None,
+        description="`summarize` or `trim` for this turn.",
+        default=None,
+    ),
+]
+
+
+@contextlib.contextmanager
+def graph_errors() -> Iterator[None]:
+    """Turn failures the caller can act on into their HTTP status; the rest stay 500s."""
+    import openai
+
+    try:
+        yield
+    except BudgetTooSmallError as exc:
+        raise HTTPException(422, f"max_context_tokens is too small: {exc}") from None
+    except openai.APIError as exc:
+        raise HTTPException(502, f"the model call failed ({type(exc).__name__})") from None
+
+
+class TurnRunner:
+    """Runs turns on a graph compiled with the real saver."""
+
+    def __init__(self, graph: CompiledStateGraph[Any, Any, Any, Any]) -> None:
+        self.graph = graph
+
+    async def previous(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
+        return await previous_result(self.graph, config, input)
+
+    def _staged(self, config: RunnableConfig, input: Any) -> tuple[Any, StagedSaver, Any]:
+        saver = self.graph.checkpointer
+        assert saver is not None and not isinstance(saver, bool)
+        staged = StagedSaver(saver)
+        metadata = {**(config.get("metadata") or {}), **turn_metadata(config, input)}
+        run_config = {**config, "metadata": metadata}
+        return self.graph.copy({"checkpointer": staged}), staged, run_config
+
+    @staticmethod
+    async def _commit(staged: StagedSaver) -> None:
+        with anyio.CancelScope(shield=True):  # a turn that finished is stored, disconnect or not
+            await staged.commit()
+
+    async def invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
+        if (previous := await self.previous(input, config)) is not None:
+            return previous
+        graph, staged, run_config = self._staged(config, input)
+        with graph_errors():
+            output = await graph.ainvoke(input, run_config, durability="exit")
+        await self._commit(staged)
+        return dict(output)
+
+    async def stream(self, input: Any, config: RunnableConfig, **kwargs: Any) -> AsyncIterator[Any]:
+        """The graph's stream for a new turn (callers check `previous` first)."""
+        graph, staged, run_config = self._staged(config, input)
+        with graph_errors():
+            async for chunk in graph.astream(input, run_config, durability="exit", **kwargs):
+                yield chunk
+        await self._commit(staged)
+
+
+class ServedAgent(Runnable[dict[str, Any], dict[str, Any]]):
+    """The agent as LangServe serves it at /agent: same input and output as the graph.
+
+    `stream` yields the thread's state after each step (LangGraph's "values" mode), so its last
+    chunk is what `invoke` returns, for a new turn and a replayed one alike.
+    """
+
+    name = "threadline"
+
+    def __init__(self, graph: CompiledStateGraph[Any, Any, Any, Any]) -> None:
+        self._graph = graph
+        self.runner: TurnRunner | None = None
+
+    def attach(self, runner: TurnRunner) -> None:
+        self.runner = runner
+
+    def _runner(self) -> TurnRunner:
+        if self.runner is None:
+            raise RuntimeError("the agent is served only while the app's lifespan runs")
+        return self.runner
+
+    @property
+    def InputType(self) -> Any:
+        return self._graph.InputType
+
+    @property
+    def OutputType(self) -> Any:
+        return self._graph.OutputType
+
+    def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        return self._graph.get_input_schema(config)
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        return self._graph.get_output_schema(config)
+
+    @property
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        return TURN_CONFIG_SPECS
+
+    def invoke(
+        self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        raise NotImplementedError("served turns run on the event loop: use ainvoke")
+
+    async def ainvoke(
+        self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        return await self._acall_with_config(self._invoke_turn, input, config)  # type: ignore[arg-type]
+
+    async def _invoke_turn(self, input: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        return await self._runner().invoke(input, config)
+
+    async def astream(
+        self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        async def one() -> AsyncIterator[dict[str, Any]]:
+            yield input
+
+        async for chunk in self._atransform_stream_with_config(
+            one(),
+            self._stream_turn,  # type: ignore[arg-type]
+            config,
+        ):
+            yield chunk
+
+    async def _stream_turn(
+        self, inputs: AsyncIterator[dict[str, Any]], config: RunnableConfig
+    ) -> AsyncIterator[dict[str, Any]]:
+        runner = self._runner()
+        input = [item async for item in inputs][-1]
+        if (previous := await runner.previous(input, config)) is not None:
+            yield previous
+            return
+        async for chunk in runner.stream(input, config, stream_mode="values"):
+            yield chunk

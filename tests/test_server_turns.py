@@ -1,0 +1,117 @@
+"""A turn is stored whole or not at all, once, and one at a time per thread.
+
+The model is the real `ChatOpenAI` against the OpenAI stub, so "the model was not called again"
+is counted at the HTTP level. The store is Postgres, as in a multi-replica deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests.fixtures.openai_stub import OpenAIStub
+from tests.fixtures.server import asgi_client, settings_for
+
+
+@pytest.fixture
+async def client(
+    openai_stub: OpenAIStub, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
+    for name, value in openai_stub.env().items():
+        monkeypatch.setenv(name, value)
+    settings = settings_for(
+        model="openai:gpt-4o-mini",
+        checkpointer="postgres",
+        postgres_url=postgres_db_url,
+        turn_lock_timeout_seconds=0.3,
+    )
+    async with asgi_client(settings) as client:
+        yield client
+
+
+def turn(text: str, thread_id: str = "t", message_id: str | None = None) -> dict[str, object]:
+    message: dict[str, str] = {"type": "human", "content": text}
+    if message_id:
+        message["id"] = message_id
+    return {
+        "input": {"messages": [message]},
+        "config": {"configurable": {"thread_id": thread_id}},
+    }
+
+
+async def transcript(client: httpx.AsyncClient, thread_id: str = "t") -> list[str]:
+    response = await client.get(f"/threads/{thread_id}")
+    if response.status_code == 404:
+        return []
+    return [m["content"] for m in response.json()["messages"]]
+
+
+async def test_a_retried_idempotency_key_returns_the_first_result(
+    client: httpx.AsyncClient, openai_stub: OpenAIStub
+) -> None:
+    key = {"Idempotency-Key": "order-7"}
+    first = await client.post("/agent/invoke", json=turn("book a table"), headers=key)
+    retried = await client.post("/agent/invoke", json=turn("book a table"), headers=key)
+    assert first.status_code == retried.status_code == 200
+    assert retried.json()["output"] == first.json()["output"]
+    assert len(openai_stub.completions) == 1
+    assert await transcript(client) == ["book a table", "echo: book a table"]
+
+    await client.post("/agent/invoke", json=turn("and a taxi"))
+    late_retry = await client.post("/agent/invoke", json=turn("book a table"), headers=key)
+    assert late_retry.json()["output"] == first.json()["output"]
+    assert len(openai_stub.completions) == 2
+    streamed = await client.post("/agent/stream", json=turn("book a table"), headers=key)
+    assert "echo: book a table" in streamed.text and "taxi" not in streamed.text
+    assert len(openai_stub.completions) == 2
+    assert len(await transcript(client)) == 4
+
+
+async def test_a_resent_message_id_is_not_added_twice(
+    client: httpx.AsyncClient, openai_stub: OpenAIStub
+) -> None:
+    first = await client.post("/agent/invoke", json=turn("hello", message_id="msg-1"))
+    again = await client.post("/agent/invoke", json=turn("hello", message_id="msg-1"))
+    assert again.json()["output"] == first.json()["output"]
+    assert len(openai_stub.completions) == 1
+    await client.post("/agent/invoke", json=turn("next", message_id="msg-2"))
+    assert await transcript(client) == ["hello", "echo: hello", "next", "echo: next"]
+
+
+async def test_a_failed_model_call_leaves_the_thread_as_it_was(
+    client: httpx.AsyncClient, openai_stub: OpenAIStub
+) -> None:
+    await client.post("/agent/invoke", json=turn("first"))
+    history_before = (await client.get("/threads/t/history")).json()["checkpoints"]
+    with openai_stub.fail_when(lambda request: True, status=500):
+        failed = await client.post("/agent/invoke", json=turn("doomed"))
+    assert failed.status_code == 502
+    assert "model call failed" in failed.json()["detail"]
+    assert await transcript(client) == ["first", "echo: first"]
+    assert (await client.get("/threads/t/history")).json()["checkpoints"] == history_before
+
+    await client.post("/agent/invoke", json=turn("second"))
+    assert openai_stub.last_request.texts("user") == ["first", "second"]
+    assert await transcript(client) == ["first", "echo: first", "second", "echo: second"]
+
+
+async def test_a_second_turn_on_a_busy_thread_gets_409(
+    client: httpx.AsyncClient, openai_stub: OpenAIStub
+) -> None:
+    openai_stub.delay_when(lambda request: request.last_user_text == "slow one", 1.5)
+    slow = asyncio.create_task(client.post("/agent/invoke", json=turn("slow one")))
+    await asyncio.to_thread(openai_stub.wait_for_requests, 1)
+    blocked = await client.post("/agent/invoke", json=turn("impatient"))
+    deleting = await client.delete("/threads/t")
+    other_thread = await client.post("/agent/invoke", json=turn("elsewhere", thread_id="other"))
+    assert not slow.done()
+    assert blocked.status_code == 409
+    assert "busy" in blocked.json()["detail"]
+    assert deleting.status_code == 409
+    assert other_thread.status_code == 200
+    assert (await slow).status_code == 200
+    assert await transcript(client) == ["slow one", "echo: slow one"]
+    assert len(openai_stub.completions) == 2
