@@ -27,6 +27,9 @@ import psycopg
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph_sdk import get_client
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.fixtures.openai_stub import OpenAIStub
 from threadline.checkpointers import open_checkpointer
@@ -361,3 +364,49 @@ def test_langgraph_dev_refuses_to_start_on_an_incomplete_backend_setting(
         )
     assert proc.returncode != 0
     assert "THREADLINE_CHECKPOINTER=postgres needs THREADLINE_POSTGRES_URL" in server.log_tail(200)
+
+
+async def test_langgraph_dev_persists_through_the_tiered_saver(
+    run_langgraph_dev: Any,
+    openai_stub: OpenAIStub,
+    postgres_db_url: str,
+    redis_server_factory: Any,
+) -> None:
+    redis = redis_server_factory()  # module-free, like managed Redis
+    tiered = {
+        "THREADLINE_CHECKPOINTER": "tiered",
+        "THREADLINE_POSTGRES_URL": postgres_db_url,
+        "THREADLINE_REDIS_URL": redis.url,
+    }
+    server = run_langgraph_dev(stub_env(openai_stub) | tiered)
+    client = get_client(url=server.url)
+    thread_id = (await client.threads.create())["thread_id"]
+    said = ["tiered one", "tiered two"]
+    await client.runs.wait(
+        thread_id, "agent", input={"messages": [{"role": "user", "content": said[0]}]}
+    )
+    hot = Redis.from_url(redis.url, retry=Retry(NoBackoff(), 0))
+    try:
+        assert hot.dbsize() > 0, "the hot tier was never written"
+    finally:
+        hot.close()
+
+    redis.restart()  # the hot tier is gone; the turn must come back from Postgres
+    await client.runs.wait(
+        thread_id, "agent", input={"messages": [{"role": "user", "content": said[1]}]}
+    )
+    expected = [part for text in said for part in (text, f"echo: {text}")]
+    state = await client.threads.get_state(thread_id)
+    assert contents(state["values"]["messages"]) == expected, server.log_tail()
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        checkpointer="tiered",
+        postgres_url=postgres_db_url,
+        redis_url=redis.url,
+    )
+    redis.restart()
+    async with open_checkpointer(settings) as saver:
+        stored = await saver.aget_tuple({"configurable": {"thread_id": thread_id}})
+    assert stored is not None
+    assert contents(stored.checkpoint["channel_values"]["messages"]) == expected

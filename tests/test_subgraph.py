@@ -6,8 +6,9 @@ the OpenAI stub, and a restart (new saver, new graphs) in the middle of each con
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from tests.fixtures.openai_stub import OpenAIStub, RecordedRequest
 from threadline.checkpointers import open_checkpointer
 from threadline.embedding import make_subgraph, subgraph_config, wrapper_node
 from threadline.graph.tokens import install_offline_encodings
+from threadline.services import RedisServer
 from threadline.settings import Settings
 
 SYSTEM_PROMPT = "You are the embedded test assistant."
@@ -29,7 +31,7 @@ BUDGET = 600
 SUMMARY_CAP = 200
 CODE = re.compile(r"\bcode-(\d+)\b")
 
-BACKENDS = ["memory", "postgres"]
+BACKENDS = ["memory", "postgres", "tiered"]
 
 
 # ------------------------------------------------------------------------------ the "model"
@@ -80,21 +82,45 @@ def o200k() -> Any:
 # ------------------------------------------------------------------------------ backends
 
 
+@dataclass
+class Backend:
+    """A configured backend. Every `open()` after the first is a restart: a new saver
+    instance (new pool); for tiered, Redis restarts too, so the hot tier comes back empty."""
+
+    settings: Settings
+    redis: RedisServer | None = None
+    memory: InMemorySaver = field(default_factory=InMemorySaver)
+    opened: int = 0
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[BaseCheckpointSaver]:
+        if self.settings.checkpointer == "memory":
+            yield self.memory  # one process: a "restart" only rebuilds the graphs
+            return
+        if self.opened and self.redis is not None:
+            self.redis.restart()
+        self.opened += 1
+        async with open_checkpointer(self.settings) as saver:
+            yield saver
+
+
 @pytest.fixture(params=BACKENDS)
-def backend_settings(
+def backend(
     request: pytest.FixtureRequest, openai_stub: OpenAIStub, monkeypatch: pytest.MonkeyPatch
-) -> Settings:
-    """Settings for one backend, the OpenAI client pointed at the stub, a small budget."""
+) -> Backend:
+    """One backend, the OpenAI client pointed at the stub, a small budget."""
     for name, value in openai_stub.env().items():
         monkeypatch.setenv(name, value)
     openai_stub.responder = scripted_model
     kind = request.param
     urls: dict[str, Any] = {}
+    redis = None
     if kind in ("postgres", "tiered"):
         urls["postgres_url"] = request.getfixturevalue("postgres_db_url")
     if kind == "tiered":
-        urls["redis_url"] = request.getfixturevalue("plain_redis_url")
-    return Settings(
+        redis = request.getfixturevalue("redis_server_factory")()
+        urls["redis_url"] = redis.url
+    settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         model="openai:gpt-4o-mini",
         system_prompt=SYSTEM_PROMPT,
@@ -103,25 +129,7 @@ def backend_settings(
         checkpointer=kind,
         **urls,
     )
-
-
-SaverOpener = Callable[[], Any]
-
-
-@pytest.fixture
-def open_saver(backend_settings: Settings) -> SaverOpener:
-    """Opens the backend afresh each call: a restart. Memory can only keep its one instance."""
-    memory = InMemorySaver()
-
-    @asynccontextmanager
-    async def opener() -> AsyncIterator[BaseCheckpointSaver]:
-        if backend_settings.checkpointer == "memory":
-            yield memory
-            return
-        async with open_checkpointer(backend_settings) as saver:
-            yield saver
-
-    return opener
+    return Backend(settings, redis)
 
 
 # ------------------------------------------------------------------------------ (a) node
@@ -137,12 +145,12 @@ def messages_parent(settings: Settings, saver: BaseCheckpointSaver) -> Any:
 
 
 async def test_subgraph_node_keeps_budget_summary_and_transcript_across_restart(
-    backend_settings: Settings, open_saver: SaverOpener, openai_stub: OpenAIStub, o200k: Any
+    backend: Backend, openai_stub: OpenAIStub, o200k: Any
 ) -> None:
     config = {"configurable": {"thread_id": "parent-a"}}
     turns, restart_after = 50, 25
-    async with open_saver() as saver:
-        parent = messages_parent(backend_settings, saver)
+    async with backend.open() as saver:
+        parent = messages_parent(backend.settings, saver)
         for n in range(1, restart_after + 1):
             await parent.ainvoke({"messages": [HumanMessage(user_turn(n))]}, config)
         child = await saver.aget_tuple(subgraph_config(config, "threadline"))
@@ -152,8 +160,8 @@ async def test_subgraph_node_keeps_budget_summary_and_transcript_across_restart(
     assert before["total_folds"] >= 1
 
     requests_before_restart = len(openai_stub.completions)
-    async with open_saver() as saver:
-        parent = messages_parent(backend_settings, saver)  # new graph objects, new model client
+    async with backend.open() as saver:
+        parent = messages_parent(backend.settings, saver)  # new graph objects, new model client
         for n in range(restart_after + 1, turns + 1):
             await parent.ainvoke({"messages": [HumanMessage(user_turn(n))]}, config)
 
@@ -196,15 +204,15 @@ async def test_subgraph_node_keeps_budget_summary_and_transcript_across_restart(
 
 
 async def test_subgraph_without_persistent_compile_forgets_its_summary_each_turn(
-    backend_settings: Settings, open_saver: SaverOpener
+    backend: Backend,
 ) -> None:
     """Why `make_subgraph` compiles with `checkpointer=True`: otherwise each turn starts over."""
     config = {"configurable": {"thread_id": "parent-plain"}}
     from threadline.graph import make_graph
 
-    async with open_saver() as saver:
+    async with backend.open() as saver:
         builder = StateGraph(MessagesState)
-        builder.add_node("threadline", make_graph(settings=backend_settings))
+        builder.add_node("threadline", make_graph(settings=backend.settings))
         builder.add_edge(START, "threadline")
         builder.add_edge("threadline", END)
         parent = builder.compile(checkpointer=saver)
@@ -247,20 +255,20 @@ def ticket_parent(settings: Settings, saver: BaseCheckpointSaver) -> Any:
 
 
 async def test_wrapper_node_maps_state_and_keeps_memory_across_restart(
-    backend_settings: Settings, open_saver: SaverOpener, openai_stub: OpenAIStub, o200k: Any
+    backend: Backend, openai_stub: OpenAIStub, o200k: Any
 ) -> None:
     config = {"configurable": {"thread_id": "parent-b"}}
     turns, restart_after = 30, 15
-    async with open_saver() as saver:
-        parent = ticket_parent(backend_settings, saver)
+    async with backend.open() as saver:
+        parent = ticket_parent(backend.settings, saver)
         for n in range(1, restart_after + 1):
             out = await parent.ainvoke({"question": user_turn(n)}, config)
             assert out["answer"] == f"noted code-{n}"
             assert out["answered"] == n
 
     openai_stub.clear()
-    async with open_saver() as saver:
-        parent = ticket_parent(backend_settings, saver)
+    async with backend.open() as saver:
+        parent = ticket_parent(backend.settings, saver)
         for n in range(restart_after + 1, turns + 1):
             out = await parent.ainvoke({"question": user_turn(n)}, config)
             assert out["answer"] == f"noted code-{n}"
