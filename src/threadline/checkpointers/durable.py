@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -41,7 +42,7 @@ from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.serde import (
@@ -91,6 +92,10 @@ DELETE_THREAD_SQL = (
     "DELETE FROM checkpoint_blobs WHERE thread_id = %s",
     "DELETE FROM checkpoint_writes WHERE thread_id = %s",
 )
+
+
+class CheckpointStoreUnavailable(RuntimeError):
+    """Postgres could not be reached; the operation did not happen."""
 
 
 @dataclass
@@ -172,11 +177,12 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         conn_string: str,
         *,
         pool_size: int = 10,
+        pool_timeout_seconds: float = 10.0,
         serde: SerializerProtocol | None = None,
         setup: bool = True,
     ) -> AsyncIterator[DurablePostgresSaver]:
         """A ready saver on its own pool, closed on exit."""
-        async with open_pool(conn_string, pool_size) as pool:
+        async with open_pool(conn_string, pool_size, pool_timeout_seconds) as pool:
             saver = cls(pool, serde=serde)
             if setup:
                 await saver.setup()
@@ -184,17 +190,23 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
-        async with self.conn.connection() as conn:
-            if pipeline:
-                async with (
-                    conn.pipeline(),
-                    conn.transaction(),
-                    conn.cursor(binary=True, row_factory=dict_row) as cur,
-                ):
-                    yield cur
-            else:
-                async with conn.cursor(binary=True, row_factory=dict_row) as cur:
-                    yield cur
+        try:
+            async with self.conn.connection() as conn:
+                if pipeline:
+                    # Statements up to the pipeline's one Sync form one implicit transaction.
+                    async with (
+                        conn.pipeline(),
+                        conn.cursor(binary=True, row_factory=dict_row) as cur,
+                    ):
+                        yield cur
+                else:
+                    async with conn.cursor(binary=True, row_factory=dict_row) as cur:
+                        yield cur
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise CheckpointStoreUnavailable(
+                f"Postgres unavailable, nothing was stored or read ({type(exc).__name__}: {detail})"
+            ) from exc
 
     # ------------------------------------------------------------------ writes
 
@@ -532,14 +544,19 @@ def _write_order(write: tuple[str, str, str, bytes, str, int]) -> tuple[Any, ...
 
 @asynccontextmanager
 async def open_pool(
-    conn_string: str, max_size: int
+    conn_string: str, max_size: int, timeout_seconds: float = 10.0
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[DictRow]]]:
-    """A psycopg pool with the connection settings the Postgres savers require."""
+    """A psycopg pool with the connection settings the Postgres savers require.
+
+    `timeout_seconds` bounds the wait for a connection, so an unreachable Postgres fails an
+    operation instead of hanging it.
+    """
     pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
         conn_string,
         min_size=min(max_size, 2),
         max_size=max_size,
         kwargs=POOL_KWARGS,
+        timeout=timeout_seconds,
         open=False,
     )
     await pool.open(wait=True, timeout=15)
@@ -551,6 +568,7 @@ async def open_pool(
 
 __all__ = [
     "CheckpointRecord",
+    "CheckpointStoreUnavailable",
     "DurablePostgresSaver",
     "PreparedCheckpoint",
     "PreparedWrites",

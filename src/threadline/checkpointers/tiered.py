@@ -39,7 +39,11 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis.exceptions import RedisError
 
-from threadline.checkpointers.durable import DurablePostgresSaver, Statement
+from threadline.checkpointers.durable import (
+    CheckpointStoreUnavailable,
+    DurablePostgresSaver,
+    Statement,
+)
 from threadline.checkpointers.hot import HotTier
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 
@@ -68,6 +72,7 @@ JOURNAL_DELETE_SQL = """
 DELETE FROM threadline_hot_invalid WHERE thread_id = %s AND checkpoint_ns = %s AND below = %s"""
 
 REDIS_FAULTS = (RedisError, OSError, asyncio.TimeoutError)
+POSTGRES_FAULTS = (psycopg.Error, CheckpointStoreUnavailable)
 
 Key = tuple[str, str]
 
@@ -89,7 +94,6 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         hot: HotTier,
         *,
         redis_retry_seconds: float = 1.0,
-        listen_url: str | None = None,
     ) -> None:
         super().__init__(serde=durable.serde)
         self.durable = durable
@@ -101,8 +105,6 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         self._suspects: dict[Key, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeping = False
-        if listen_url is not None:
-            self._spawn(self._listen(listen_url))
 
     @classmethod
     @asynccontextmanager
@@ -113,6 +115,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         *,
         serde: SerializerProtocol | None = None,
         pool_size: int = 10,
+        pool_timeout_seconds: float = 10.0,
         hot_ttl_seconds: float = 3600,
         redis_timeout_seconds: float = 0.1,
         redis_retry_seconds: float = 1.0,
@@ -121,7 +124,11 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
     ) -> AsyncIterator[TieredSaver]:
         """A ready saver owning its Postgres pool and Redis client for the context."""
         async with DurablePostgresSaver.from_conn_string(
-            postgres_url, pool_size=pool_size, serde=serde, setup=False
+            postgres_url,
+            pool_size=pool_size,
+            pool_timeout_seconds=pool_timeout_seconds,
+            serde=serde,
+            setup=False,
         ) as durable:
             hot = HotTier.from_url(
                 redis_url,
@@ -130,12 +137,11 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
                 timeout_seconds=redis_timeout_seconds,
                 prefix=key_prefix,
             )
-            saver = cls(
-                durable, hot, redis_retry_seconds=redis_retry_seconds, listen_url=postgres_url
-            )
+            saver = cls(durable, hot, redis_retry_seconds=redis_retry_seconds)
             try:
                 if setup:
                     await saver.setup()
+                saver.follow_journal(postgres_url)
                 yield saver
             finally:
                 await saver.aclose()
@@ -145,6 +151,10 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         await self.durable.setup()
         async with self.durable._cursor() as cur:
             await cur.execute(JOURNAL_MIGRATION)
+
+    def follow_journal(self, postgres_url: str) -> None:
+        """Listen for other replicas' invalidations (NOTIFY) for as long as the saver lives."""
+        self._spawn(self._listen(postgres_url))
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -181,7 +191,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         if self._journal_stale:
             try:
                 await self._load_journal()
-            except psycopg.Error:
+            except POSTGRES_FAULTS:
                 return False
             if self._suspects and not self._sweeping:
                 self._spawn(self._sweep())
@@ -211,13 +221,16 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             async with self.durable._cursor(pipeline=True) as cur:
                 for sql, params in self._journal_statements(key, below):
                     await cur.execute(sql, params)
-        except psycopg.Error:
+        except POSTGRES_FAULTS:
             logger.exception("could not journal a stale Redis entry; this process skips it")
 
     async def _load_journal(self) -> None:
-        async with self.durable._cursor() as cur:
-            await cur.execute(JOURNAL_SELECT_SQL)
-            rows = await cur.fetchall()
+        try:
+            async with self.durable._cursor() as cur:
+                await cur.execute(JOURNAL_SELECT_SQL)
+                rows = await cur.fetchall()
+        except psycopg.errors.UndefinedTable:
+            rows = []  # set up without the journal: nothing was ever journalled
         for row in rows:
             self._suspect((row["thread_id"], row["checkpoint_ns"]), row["below"])
         self._journal_stale = False
@@ -263,7 +276,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         try:
             async with self.durable._cursor() as cur:
                 await cur.execute(JOURNAL_DELETE_SQL, (*key, below))
-        except psycopg.Error:
+        except POSTGRES_FAULTS:
             return False
         if self._suspects.get(key) == below:
             del self._suspects[key]

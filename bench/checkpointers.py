@@ -1,0 +1,225 @@
+"""Checkpointer benchmark: TieredSaver against the stock savers, in one process, same servers.
+
+    .venv/bin/python -m bench.checkpointers            # full matrix (a few minutes)
+    .venv/bin/python -m bench.checkpointers --quick    # fewer samples
+
+Graph: one node appending one ~200-character message per turn, no LLM. A thread is prefilled
+to H messages with one state update, then timed: `ainvoke` per turn and `aget_state` of the
+(active) thread, medians in ms. Throughput: 32 threads taking turns concurrently, every
+Postgres saver on a pool of the same size. Ratios are printed against the stock savers of the
+same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Annotated, Any
+
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict
+
+from bench.common import BenchServices, bench_services, median, render_table
+from threadline.checkpointers.durable import DurablePostgresSaver
+from threadline.checkpointers.factory import open_postgres_pool
+from threadline.checkpointers.tiered import TieredSaver
+
+PAYLOAD = ("threadline bench message " * 9)[:200]
+LENGTHS = (10, 100, 1000)
+POOL_SIZE = 10
+CONCURRENT_THREADS = 32
+
+SaverFactory = Callable[[BenchServices], AbstractAsyncContextManager[BaseCheckpointSaver]]
+
+
+class BenchState(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+def reply(state: BenchState) -> dict[str, Any]:
+    return {"messages": [AIMessage(content=PAYLOAD)]}
+
+
+def build(saver: BaseCheckpointSaver) -> Any:
+    builder = StateGraph(BenchState)
+    builder.add_node("reply", reply)
+    builder.add_edge(START, "reply")
+    builder.add_edge("reply", END)
+    return builder.compile(checkpointer=saver)
+
+
+@asynccontextmanager
+async def memory_saver(services: BenchServices) -> AsyncIterator[BaseCheckpointSaver]:
+    yield InMemorySaver()
+
+
+@asynccontextmanager
+async def stock_postgres(services: BenchServices) -> AsyncIterator[BaseCheckpointSaver]:
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    async with open_postgres_pool(services.postgres_url, POOL_SIZE) as pool:
+        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        await saver.setup()
+        yield saver
+
+
+@asynccontextmanager
+async def stock_redis(services: BenchServices) -> AsyncIterator[BaseCheckpointSaver]:
+    from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+
+    async with AsyncRedisSaver.from_conn_string(services.redis_stack_url) as saver:
+        await saver.asetup()
+        yield saver
+
+
+@asynccontextmanager
+async def durable(services: BenchServices) -> AsyncIterator[BaseCheckpointSaver]:
+    async with DurablePostgresSaver.from_conn_string(
+        services.postgres_url, pool_size=POOL_SIZE
+    ) as saver:
+        yield saver
+
+
+@asynccontextmanager
+async def tiered(services: BenchServices) -> AsyncIterator[BaseCheckpointSaver]:
+    async with TieredSaver.from_conn_string(
+        services.postgres_url, services.redis_stack_url, pool_size=POOL_SIZE
+    ) as saver:
+        yield saver
+
+
+SAVERS: dict[str, SaverFactory] = {
+    "InMemorySaver": memory_saver,
+    "AsyncPostgresSaver": stock_postgres,
+    "AsyncRedisSaver": stock_redis,
+    "DurablePostgresSaver": durable,
+    "TieredSaver": tiered,
+}
+
+
+async def prefilled_thread(graph: Any, length: int) -> dict[str, Any]:
+    config = {"configurable": {"thread_id": f"bench-{uuid.uuid4().hex}"}}
+    history = [(HumanMessage if i % 2 == 0 else AIMessage)(content=PAYLOAD) for i in range(length)]
+    await graph.aupdate_state(config, {"messages": history})
+    return config
+
+
+async def measure(graphs: dict[str, Any], samples: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Per-call medians, taking the savers in turn for every sample.
+
+    Interleaving spreads any background load on the machine evenly over the savers, so the
+    ratios stay fair even when absolute numbers move.
+    """
+    results: dict[str, dict[str, float]] = {name: {} for name in graphs}
+    for length in LENGTHS:
+        n = samples if length < 1000 else max(5, samples // 3)
+        configs = {name: await prefilled_thread(g, length) for name, g in graphs.items()}
+        for name, g in graphs.items():
+            for _ in range(2):
+                await g.ainvoke({"messages": []}, configs[name])
+        for label, call in (
+            ("turn", lambda g, c: g.ainvoke({"messages": []}, c)),
+            ("get_state", lambda g, c: g.aget_state(c)),
+        ):
+            times: dict[str, list[float]] = {name: [] for name in graphs}
+            for _ in range(n):
+                for name, g in graphs.items():
+                    start = time.perf_counter()
+                    await call(g, configs[name])
+                    times[name].append((time.perf_counter() - start) * 1000)
+            for name in graphs:
+                results[name][f"{label} {length}"] = median(times[name])
+        print(f"  measured H={length}", flush=True)
+    for name in graphs:
+        results[name]["throughput"] = 0.0
+    for _ in range(rounds):
+        for name, g in graphs.items():
+            rate = await throughput(g, max(3, samples // 3))
+            results[name]["throughput"] = max(results[name]["throughput"], rate)
+    print("  measured throughput", flush=True)
+    return results
+
+
+async def throughput(graph: Any, turns_per_thread: int) -> float:
+    """Turns per second with CONCURRENT_THREADS threads taking turns at once."""
+    configs = [await prefilled_thread(graph, 10) for _ in range(CONCURRENT_THREADS)]
+
+    async def converse(config: dict[str, Any]) -> None:
+        for _ in range(turns_per_thread):
+            await graph.ainvoke({"messages": []}, config)
+
+    await asyncio.gather(*(graph.ainvoke({"messages": []}, c) for c in configs))
+    start = time.perf_counter()
+    await asyncio.gather(*(converse(c) for c in configs))
+    return CONCURRENT_THREADS * turns_per_thread / (time.perf_counter() - start)
+
+
+def report(results: dict[str, dict[str, float]]) -> str:
+    columns = [f"turn H={h}" for h in LENGTHS] + [f"get_state H={h}" for h in LENGTHS]
+    headers = ["saver (median ms)", *columns, f"turns/s x{CONCURRENT_THREADS}"]
+    rows = []
+    for name, r in results.items():
+        cells = [f"{r[c.replace(' H=', ' ')]:.2f}" for c in columns]
+        rows.append([name, *cells, f"{r['throughput']:.0f}"])
+    lines = [render_table(headers, rows), ""]
+    t, pg, rd = (results.get(k) for k in ("TieredSaver", "AsyncPostgresSaver", "AsyncRedisSaver"))
+    if t and pg:
+        checks = [
+            ("get_state H=100 vs AsyncPostgresSaver", t["get_state 100"] / pg["get_state 100"],
+             "<= 0.70"),
+            ("turn H=10 vs AsyncPostgresSaver", t["turn 10"] / pg["turn 10"], "<= 1.10"),
+            ("turn H=100 vs AsyncPostgresSaver", t["turn 100"] / pg["turn 100"], "<= 1.10"),
+            ("throughput vs AsyncPostgresSaver", t["throughput"] / pg["throughput"], ">= 2.00"),
+        ]  # fmt: skip
+        if rd:
+            checks.append(
+                ("turn H=100, AsyncRedisSaver / TieredSaver", rd["turn 100"] / t["turn 100"],
+                 ">= 3.00")
+            )  # fmt: skip
+        for label, ratio, target in checks:
+            bound = float(target.split()[1])
+            ok = ratio <= bound if target.startswith("<=") else ratio >= bound
+            lines.append(
+                f"TieredSaver {label}: {ratio:.2f}x (target {target}) {'OK' if ok else 'MISSED'}"
+            )
+    return "\n".join(lines)
+
+
+async def run(samples: int, rounds: int, only: list[str], durable_commits: bool) -> None:
+    chosen = {n: f for n, f in SAVERS.items() if not only or n in only}
+    commits = "fsync + synchronous_commit (defaults)" if durable_commits else "fsync off"
+    print(f"Postgres commits: {commits}")
+    with bench_services(durable_commits) as services:
+        async with AsyncExitStack() as stack:
+            graphs = {
+                name: build(await stack.enter_async_context(factory(services)))
+                for name, factory in chosen.items()
+            }
+            results = await measure(graphs, samples, rounds)
+    print()
+    print(report(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples per cell")
+    parser.add_argument("--samples", type=int, default=30, help="timed calls per cell")
+    parser.add_argument("--rounds", type=int, default=2, help="throughput runs (best kept)")
+    parser.add_argument("--only", nargs="*", default=[], choices=list(SAVERS), help="savers")
+    parser.add_argument(
+        "--no-fsync", action="store_true", help="Postgres without fsync/synchronous_commit"
+    )
+    args = parser.parse_args()
+    asyncio.run(run(10 if args.quick else args.samples, args.rounds, args.only, not args.no_fsync))
+
+
+if __name__ == "__main__":
+    main()
