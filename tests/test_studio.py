@@ -329,11 +329,11 @@ async def test_threadline_http_api_is_mounted_beside_the_langgraph_api(
 async def test_langgraph_dev_takes_its_settings_from_dot_env_when_present(
     run_langgraph_dev: Any, openai_stub: OpenAIStub, postgres_db_url: str
 ) -> None:
-    dotenv = "".join(
-        f"{key}={value}\n"
-        for key, value in (stub_env(openai_stub) | postgres_env(postgres_db_url)).items()
-    )
-    server = run_langgraph_dev({}, dotenv=dotenv)
+    from_file = stub_env(openai_stub) | postgres_env(postgres_db_url)
+    from_file["THREADLINE_MAX_CONTEXT_TOKENS"] = "3000"
+    dotenv = "".join(f"{key}={value}\n" for key, value in from_file.items())
+    # Only the budget is also set in the shell: under `langgraph dev`, `.env` wins.
+    server = run_langgraph_dev({"THREADLINE_MAX_CONTEXT_TOKENS": "4000"}, dotenv=dotenv)
     client = get_client(url=server.url)
     thread_id = (await client.threads.create())["thread_id"]
     result = await client.runs.wait(
@@ -341,6 +341,7 @@ async def test_langgraph_dev_takes_its_settings_from_dot_env_when_present(
     )
     assert result["messages"][-1]["content"] == "echo: configured by .env", server.log_tail()
     assert openai_stub.completions[-1].last_user_text == "configured by .env"
+    assert result["telemetry"]["budget"] == 3000
     async with open_checkpointer(
         Settings(_env_file=None, checkpointer="postgres", postgres_url=postgres_db_url)  # type: ignore[call-arg]
     ) as saver:
