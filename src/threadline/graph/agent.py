@@ -47,9 +47,14 @@ def build_graph(
         model_factory = lambda: model  # noqa: E731
     else:
         model_factory = model
+    # Count with the given model's own tokenizer when it names one.
+    model_name = getattr(model, "model_name", None)
     nodes = AgentNodes(
         policy=policy or MemoryPolicy.from_settings(settings),
-        counter=make_token_counter(settings.model_name, settings.token_counter),
+        counter=make_token_counter(
+            model_name if isinstance(model_name, str) else settings.model_name,
+            settings.token_counter,
+        ),
         model_factory=model_factory,
         tools=tuple(tools),
     )

@@ -1,8 +1,19 @@
 """The memory policy as pure functions: what the model sees, and when to fold into the summary.
 
-The transcript is split into *units* that must stay together: a human message, a plain AI
-reply, or an AI message with tool calls plus every ToolMessage answering it. Views and folds
-only ever take whole units, which is what keeps tool-call pairs intact.
+The view is: the system prompt, the running summary (one SystemMessage, never over the
+summary's cap), then the newest messages that fit `max_context_tokens`:
+- the newest turn is always there: its human message and its latest unit are pinned (cut
+  with a visible marker if together they are over the room left), its other units follow
+  newest first while they fit;
+- older turns are then added whole, newest first, until one does not fit;
+- a single message larger than the whole budget is therefore shown cut, never dropped and
+  never a reason to fail; once older than the newest turn it is folded (cut again in the
+  summary request) or trimmed like any other turn.
+
+Folding: when system prompt + summary + every unsummarised message would pass the trigger,
+the oldest whole turns are folded until the rest, with the summary at its cap, is at or under
+the target. The newest turn is never folded, so a fold always makes progress or does not
+happen: there is no loop to get stuck in.
 """
 
 from __future__ import annotations
@@ -10,68 +21,86 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from langchain_core.messages import (
-    AIMessage,
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
-)
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-from threadline.graph.context import MemoryPolicy
-from threadline.graph.prompts import CUT_MARKER, SUMMARY_HEADER
+from threadline.graph.context import InvalidOverrideError, MemoryPolicy
+from threadline.graph.cutting import cut_message, fit_messages
+from threadline.graph.prompts import SUMMARY_HEADER
+from threadline.graph.summarizer import SummaryBatch, batch_for_summary
 from threadline.graph.tokens import TOKENS_PER_REPLY, TokenCounter
+from threadline.graph.units import Turn, Unit, iter_turns_backward, split_turns
 
-MIN_ROOM_FOR_MESSAGES = 32
-
-
-class BudgetTooSmallError(ValueError):
-    """The system prompt alone does not leave room for a conversation."""
+MIN_ROOM_FOR_CONVERSATION = 96
+MAX_SUMMARY_CALLS_PER_TURN = 4
 
 
-@dataclass(frozen=True)
-class Unit:
-    """Messages `start:end` of the transcript that the view takes or leaves together."""
+class BudgetTooSmallError(InvalidOverrideError):
+    """The budget cannot hold the fixed part of the request plus a minimal conversation.
 
-    start: int
-    end: int
-    tokens: int
-    has_human: bool
-    complete: bool  # False for tool calls still waiting for (some of) their results
+    An `InvalidOverrideError`, because a request's overrides (a smaller budget, a longer
+    system prompt) are the usual cause; with the configured defaults it means the settings
+    themselves cannot work, which the message says.
+    """
 
 
 @dataclass(frozen=True)
 class View:
-    """What the model receives, and where in the transcript it starts."""
+    """What the model receives, and how it relates to the transcript."""
 
     messages: list[BaseMessage]
-    tokens: int
-    first_index: int
-    transcript_messages_shown: int
+    tokens: int  # the request's prompt tokens: messages, reply priming and tool definitions
+    summary_tokens: int
+    shown: int  # transcript messages that reach the model (whole or cut)
+    cut: int  # messages shown cut to fit
+    patched: int  # placeholder results for tool calls that have none
 
 
-def split_units(messages: Sequence[BaseMessage], start: int, counter: TokenCounter) -> list[Unit]:
-    """Group `messages[start:]` into units. ToolMessages with no matching call are dropped."""
-    units: list[Unit] = []
-    i = start
-    n = len(messages)
-    while i < n:
-        message = messages[i]
-        if isinstance(message, ToolMessage):
-            i += 1  # orphan: its AIMessage was folded or never existed; never show it alone
-            continue
-        end = i + 1
-        complete = True
-        if isinstance(message, AIMessage) and message.tool_calls:
-            pending = {call["id"] for call in message.tool_calls}
-            while end < n and isinstance(messages[end], ToolMessage):
-                pending.discard(messages[end].tool_call_id)  # type: ignore[attr-defined]
-                end += 1
-            complete = not pending
-        tokens = sum(counter.count_message(m) for m in messages[i:end])
-        units.append(Unit(i, end, tokens, isinstance(message, HumanMessage), complete))
-        i = end
-    return units
+@dataclass(frozen=True)
+class FoldPlan:
+    """Fold `batches` in order (one summary call each); `unfolded_tokens` is what triggered it."""
+
+    batches: list[SummaryBatch]
+    unfolded_tokens: int
+
+    @property
+    def end(self) -> int:
+        return self.batches[-1].end
+
+
+def summary_message(summary: str, policy: MemoryPolicy, counter: TokenCounter) -> BaseMessage:
+    """The summary as the model sees it, cut to the policy's cap (which a smaller per-request
+    budget may have lowered since it was written)."""
+    message = SystemMessage(f"{SUMMARY_HEADER}\n{summary}")
+    return cut_message(message, policy.summary_cap_tokens, counter)
+
+
+def fixed_messages(policy: MemoryPolicy, summary: str, counter: TokenCounter) -> list[BaseMessage]:
+    """System prompt first, then the running summary as its own SystemMessage."""
+    head: list[BaseMessage] = [SystemMessage(policy.system_prompt)]
+    if summary:
+        head.append(summary_message(summary, policy, counter))
+    return head
+
+
+def check_budget(policy: MemoryPolicy, counter: TokenCounter, tool_tokens: int = 0) -> None:
+    """Raise `BudgetTooSmallError` unless the budget leaves the conversation real room.
+
+    The system prompt may take at most half the budget; prompt, tool definitions and a
+    summary at its cap must leave `MIN_ROOM_FOR_CONVERSATION` tokens.
+    """
+    prompt_tokens = counter.count_message(SystemMessage(policy.system_prompt))
+    if prompt_tokens > policy.system_prompt_cap_tokens:
+        raise BudgetTooSmallError(
+            f"the system prompt ({prompt_tokens} tokens) may use at most half of the "
+            f"{policy.max_context_tokens}-token context budget"
+        )
+    fixed = prompt_tokens + tool_tokens + policy.summary_cap_tokens + TOKENS_PER_REPLY
+    if policy.max_context_tokens - fixed < MIN_ROOM_FOR_CONVERSATION:
+        raise BudgetTooSmallError(
+            f"a {policy.max_context_tokens}-token context budget leaves no room for the "
+            f"conversation: system prompt {prompt_tokens}, tool definitions {tool_tokens}, "
+            f"summary cap {policy.summary_cap_tokens} tokens"
+        )
 
 
 def last_human_index(messages: Sequence[BaseMessage]) -> int | None:
@@ -81,43 +110,13 @@ def last_human_index(messages: Sequence[BaseMessage]) -> int | None:
     return None
 
 
-def fixed_messages(policy: MemoryPolicy, summary: str) -> list[BaseMessage]:
-    """System prompt first, then the running summary as its own SystemMessage."""
-    head: list[BaseMessage] = [SystemMessage(policy.system_prompt)]
-    if summary:
-        head.append(SystemMessage(f"{SUMMARY_HEADER}\n{summary}"))
-    return head
-
-
-def cut_to_fit(message: BaseMessage, max_tokens: int, counter: TokenCounter) -> BaseMessage:
-    """The message with the middle of its text replaced by a visible marker, within max_tokens.
-
-    Only text content is cut; tool-call arguments are left whole. Returns the message itself
-    when it already fits.
-    """
-    tokens = counter.count_message(message)
-    if tokens <= max_tokens or not isinstance(message.content, str):
-        return message
-    text = message.content
-    keep_chars = len(text)
-    while keep_chars > 0:
-        keep_chars = int(keep_chars * max_tokens / max(tokens, 1) * 0.95)
-        head, tail = (
-            text[: keep_chars // 2],
-            text[len(text) - keep_chars // 2 :] if keep_chars else "",
-        )
-        marker = CUT_MARKER.format(tokens=tokens - max_tokens)
-        candidate = message.model_copy(update={"content": f"{head}{marker}{tail}"})
-        tokens = counter.count_message(candidate)
-        if tokens <= max_tokens:
-            return candidate
-    return message.model_copy(update={"content": CUT_MARKER.format(tokens=tokens).strip()})
-
-
-def _room(policy: MemoryPolicy, head: Sequence[BaseMessage], counter: TokenCounter) -> int:
-    """Tokens left for transcript messages once the fixed head and reply priming are paid."""
-    fixed = sum(counter.count_message(m) for m in head) + TOKENS_PER_REPLY
-    return policy.max_context_tokens - fixed
+def _view_start(messages: Sequence[BaseMessage], summarized_count: int) -> int:
+    """Where unsummarised messages start; never after the newest human message."""
+    start = min(max(summarized_count, 0), len(messages))
+    newest_human = last_human_index(messages)
+    if newest_human is not None and newest_human < start:
+        start = newest_human  # a state that folded it (edited by hand): still show it
+    return start
 
 
 def build_view(
@@ -126,64 +125,80 @@ def build_view(
     summarized_count: int,
     policy: MemoryPolicy,
     counter: TokenCounter,
+    tool_tokens: int = 0,
 ) -> View:
-    """System prompt + summary + the newest units that fit `max_context_tokens`.
+    """System prompt + summary + the newest messages that fit `max_context_tokens`.
 
-    Always contains the newest human message (cut with a marker if it alone is over budget),
-    never starts with a ToolMessage, never splits a tool-call unit.
+    Always within the budget, always contains the newest human message (cut with a visible
+    marker if it alone is too large), never starts with or orphans a ToolMessage, never splits
+    a tool-call unit. Raises `BudgetTooSmallError` only if the fixed part leaves no room, or
+    the newest turn's pinned units cannot fit even cut (hundreds of parallel tool calls in a
+    tiny budget).
     """
-    head = fixed_messages(policy, summary)
-    room = (
-        policy.max_context_tokens - sum(counter.count_message(m) for m in head) - TOKENS_PER_REPLY
-    )
-    if room < MIN_ROOM_FOR_MESSAGES and summary:
-        head[-1] = cut_to_fit(
-            head[-1], max(room + counter.count_message(head[-1]) - 256, 16), counter
-        )
-        room = policy.max_context_tokens - sum(counter.count_message(m) for m in head)
-        room -= TOKENS_PER_REPLY
-    if room < MIN_ROOM_FOR_MESSAGES:
+    head = fixed_messages(policy, summary, counter)
+    head_tokens = sum(counter.count_message(m) for m in head)
+    room = policy.max_context_tokens - head_tokens - TOKENS_PER_REPLY - tool_tokens
+    if room < MIN_ROOM_FOR_CONVERSATION:
         raise BudgetTooSmallError(
-            f"the system prompt leaves {room} tokens of a {policy.max_context_tokens}-token budget"
+            f"the system prompt and summary leave {room} tokens of a "
+            f"{policy.max_context_tokens}-token budget"
         )
-
-    units = [u for u in split_units(messages, summarized_count, counter) if u.complete]
-    human_at = last_human_index(messages)
-    anchor = next((k for k, u in enumerate(units) if u.start == human_at), None)
-    chosen: dict[int, list[BaseMessage]] = {}
-
-    def take(k: int, must: bool = False) -> bool:
-        nonlocal room
-        unit = units[k]
-        if unit.tokens <= room:
-            chosen[k] = list(messages[unit.start : unit.end])
-            room -= unit.tokens
-            return True
-        if must and unit.end - unit.start == 1:
-            cut = cut_to_fit(messages[unit.start], room, counter)
-            chosen[k] = [cut]
-            room -= counter.count_message(cut)
-            return True
-        return False
-
-    if anchor is None:
-        for k in range(len(units) - 1, -1, -1):
-            if not take(k):
+    turns = iter_turns_backward(messages, _view_start(messages, summarized_count), counter)
+    newest = next(turns, None)
+    body: list[BaseMessage] = []
+    units: list[Unit] = []
+    cut = 0
+    if newest is not None:
+        body, units, cut, room = _newest_turn(newest, room, counter)
+        older: list[Turn] = []
+        for turn in turns:
+            if turn.tokens > room:
                 break
-    else:
-        take(anchor, must=True)
-        newest_after = len(units) - 1
-        for k in range(newest_after, anchor, -1):
-            if not take(k, must=(k == newest_after)):
-                break
-        for k in range(anchor - 1, -1, -1):
-            if not take(k):
-                break
-
-    body = [m for k in sorted(chosen) for m in chosen[k]]
+            older.append(turn)
+            room -= turn.tokens
+        older.reverse()
+        body = [m for turn in older for unit in turn.units for m in unit.messages] + body
+        units += [unit for turn in older for unit in turn.units]
     view = head + body
-    first_index = units[min(chosen)].start if chosen else len(messages)
-    return View(view, counter.count(view), first_index, len(body))
+    return View(
+        messages=view,
+        tokens=counter.count(view) + tool_tokens,
+        summary_tokens=counter.count_message(head[1]) if len(head) > 1 else 0,
+        shown=sum(unit.shown for unit in units),
+        cut=cut,
+        patched=sum(unit.patched for unit in units),
+    )
+
+
+def _newest_turn(
+    turn: Turn, room: int, counter: TokenCounter
+) -> tuple[list[BaseMessage], list[Unit], int, int]:
+    """The newest turn within `room`: (messages, units shown, messages cut, room left).
+
+    Its first unit (the human message) and last unit (the latest reply or tool results the
+    model must answer) are pinned and cut if need be; the units between them follow, newest
+    first, while they fit whole.
+    """
+    first, last = turn.units[0], turn.units[-1]
+    pinned = [first] if len(turn.units) == 1 else [first, last]
+    originals = [m for unit in pinned for m in unit.messages]
+    fitted = fit_messages(originals, room, counter)
+    if fitted is None:
+        raise BudgetTooSmallError(
+            f"the newest turn needs more than the {room} tokens left even when cut"
+        )
+    cut = sum(1 for before, after in zip(originals, fitted, strict=True) if before is not after)
+    room -= sum(counter.count_message(m) for m in fitted)
+    middle: list[Unit] = []
+    for unit in reversed(turn.units[1:-1]):
+        if unit.tokens > room:
+            break
+        middle.append(unit)
+        room -= unit.tokens
+    middle.reverse()
+    split = len(first.messages)
+    messages = fitted[:split] + [m for unit in middle for m in unit.messages] + fitted[split:]
+    return messages, pinned + middle, cut, room
 
 
 def plan_fold(
@@ -192,44 +207,36 @@ def plan_fold(
     summarized_count: int,
     policy: MemoryPolicy,
     counter: TokenCounter,
-) -> int | None:
-    """The new `summarized_count` if the unfolded transcript passed the trigger, else None.
+    tool_tokens: int = 0,
+) -> FoldPlan | None:
+    """The batches to fold if the unfolded conversation passed the trigger, else None.
 
-    Folds the oldest whole units until the rest, plus a summary at its cap, sits at the target:
-    that gap between trigger and target is the hysteresis that keeps folds rare.
+    Folds the oldest whole turns (never the newest) until the rest, plus a summary at its
+    cap, sits at the target: the gap between trigger and target is the hysteresis that keeps
+    folds rare. At most `MAX_SUMMARY_CALLS_PER_TURN` batches, so a large backlog (after a
+    switch from `trim`, or failed calls) is worked off over several turns, not in one.
     """
     if policy.memory_strategy != "summarize":
         return None
-    head = fixed_messages(policy, summary)
-    units = split_units(messages, summarized_count, counter)
-    unfolded = sum(u.tokens for u in units)
-    if counter.count(head) + unfolded <= policy.trigger_tokens:
+    start = _view_start(messages, summarized_count)
+    turns = split_turns(messages, start, counter)
+    fixed = counter.count_message(SystemMessage(policy.system_prompt)) + TOKENS_PER_REPLY
+    fixed += tool_tokens
+    summary_tokens = (
+        counter.count_message(summary_message(summary, policy, counter)) if summary else 0
+    )
+    remaining = sum(turn.tokens for turn in turns)
+    unfolded = fixed + summary_tokens + remaining
+    if unfolded <= policy.trigger_tokens or len(turns) < 2:
         return None
-    human_at = last_human_index(messages)
-    prompt_tokens = counter.count(head[:1])
-    remaining = unfolded
-    new_count = summarized_count
-    for unit in units:
-        if human_at is not None and unit.end > human_at:
+    folding = 0
+    for turn in turns[:-1]:
+        if fixed + policy.summary_cap_tokens + remaining <= policy.target_tokens:
             break
-        if prompt_tokens + policy.summary_max_tokens + remaining <= policy.target_tokens:
-            break
-        remaining -= unit.tokens
-        new_count = unit.end
-    return new_count if new_count > summarized_count else None
-
-
-def fold_batches(
-    messages: Sequence[BaseMessage], start: int, end: int, max_tokens: int, counter: TokenCounter
-) -> list[tuple[int, int]]:
-    """Split `messages[start:end]` at unit boundaries into batches a summary call can take."""
-    batches: list[tuple[int, int]] = []
-    batch_start, batch_tokens = start, 0
-    for unit in split_units(messages[:end], start, counter):
-        if batch_tokens and batch_tokens + unit.tokens > max_tokens:
-            batches.append((batch_start, unit.start))
-            batch_start, batch_tokens = unit.start, 0
-        batch_tokens += unit.tokens
-    if batch_start < end:
-        batches.append((batch_start, end))
-    return batches
+        remaining -= turn.tokens
+        folding += 1
+    if folding == 0:
+        return None
+    span = (start, turns[folding].start)
+    batches = batch_for_summary(turns[:folding], span, policy, counter)
+    return FoldPlan(batches[:MAX_SUMMARY_CALLS_PER_TURN], unfolded)

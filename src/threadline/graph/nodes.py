@@ -1,45 +1,66 @@
 """The two nodes: `trim_or_summarize` (keeps the model inside its budget) and `model`.
 
-Both come as sync/async pairs over the same pure policy in `memory.py`; only the model calls
-differ. A failed or slow summary call never fails the turn: the view is trimmed instead and
-the summary stays as it was, to be tried again on a later turn.
+Both come as sync/async pairs over the same pure policy in `memory.py`; only the way a
+summary call is awaited differs. A failed or slow summary call never fails the turn: the
+view is trimmed instead, history and summary stay as they were (or as far as earlier
+batches got), and no new attempt is made until the next human message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
+from langgraph.constants import TAG_NOSTREAM
 from langgraph.runtime import Runtime
 
 from threadline.graph.context import Context, MemoryPolicy
-from threadline.graph.memory import View, build_view, fold_batches, plan_fold
-from threadline.graph.state import BudgetTelemetry, ThreadState
-from threadline.graph.summarizer import aextend_summary, extend_summary
-from threadline.graph.tokens import TokenCounter
+from threadline.graph.deadline import run_with_deadline
+from threadline.graph.memory import (
+    BudgetTooSmallError,
+    FoldPlan,
+    View,
+    build_view,
+    check_budget,
+    last_human_index,
+    plan_fold,
+)
+from threadline.graph.state import ThreadState
+from threadline.graph.summarizer import (
+    SummaryBatch,
+    capped_summary,
+    summary_request,
+    summary_text,
+)
+from threadline.graph.telemetry import StepFacts, budget_telemetry, log_telemetry
+from threadline.graph.tokens import TokenCounter, tool_schema_tokens
 
 log = logging.getLogger("threadline.memory")
 
-SUMMARY_PROMPT_RESERVE = 400  # instructions + framing of a summary request
+SUMMARY_TAG = "threadline:summary"
 
 
 @dataclass
-class Fold:
-    """The outcome of one trim-or-summarize step."""
+class FoldOutcome:
+    """Where one trim-or-summarize step got to; the state update is derived from it."""
 
     summary: str
     summarized_count: int
+    plan: FoldPlan | None = None
+    allowed: bool = True
     folded: int = 0
+    calls: int = 0
     error: str | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -51,7 +72,8 @@ class AgentNodes:
     model_factory: Callable[[], BaseChatModel]
     tools: Sequence[BaseTool] = ()
     _model: BaseChatModel | None = field(default=None, init=False, repr=False)
-    _chat_model: Any = field(default=None, init=False, repr=False)
+    _chat_model: Runnable[Any, BaseMessage] | None = field(default=None, init=False, repr=False)
+    _tool_tokens: int | None = field(default=None, init=False, repr=False)
 
     # -- dependencies -------------------------------------------------------------------------
 
@@ -63,148 +85,165 @@ class AgentNodes:
         return self._model
 
     @property
-    def chat_model(self) -> Any:
+    def chat_model(self) -> Runnable[Any, BaseMessage]:
         if self._chat_model is None:
             self._chat_model = self.model.bind_tools(self.tools) if self.tools else self.model
         return self._chat_model
 
+    @property
+    def summary_model(self) -> Runnable[Any, BaseMessage]:
+        """Tagged so `stream_mode="messages"` never streams summary tokens to the user."""
+        return self.model.with_config(tags=[TAG_NOSTREAM, SUMMARY_TAG], run_name="summarize")
+
+    @property
+    def tool_tokens(self) -> int:
+        if self._tool_tokens is None:
+            self._tool_tokens = tool_schema_tokens(self.tools, self.counter)
+        return self._tool_tokens
+
     def resolve_policy(self, config: RunnableConfig, runtime: Runtime[Context]) -> MemoryPolicy:
-        return self.policy.overridden(runtime.context, config.get("configurable", {}))
+        """The configured policy with this run's overrides; `InvalidOverrideError` if bad."""
+        policy = self.policy.overridden(runtime.context, config.get("configurable") or {})
+        try:
+            check_budget(policy, self.counter, self.tool_tokens)
+        except BudgetTooSmallError as exc:
+            source = "the configured settings" if policy is self.policy else "this request"
+            raise BudgetTooSmallError(f"{exc} (set by {source})") from None
+        return policy
 
-    # -- trim_or_summarize --------------------------------------------------------------------
+    def _summary_call_kwargs(self, timeout: float) -> dict[str, Any]:
+        """OpenAI clients take a per-request timeout: an abandoned call then ends soon too."""
+        from langchain_openai.chat_models.base import BaseChatOpenAI
 
-    def _fold_plan(
-        self, state: ThreadState, policy: MemoryPolicy
-    ) -> tuple[Fold, list[tuple[int, int]]]:
+        return {"timeout": timeout} if isinstance(self.model, BaseChatOpenAI) else {}
+
+    # -- trim_or_summarize: shared steps ------------------------------------------------------
+
+    def _start(self, state: ThreadState, policy: MemoryPolicy) -> FoldOutcome:
         messages = state["messages"]
-        current = Fold(state.get("summary", ""), state.get("summarized_count", 0))
-        target = plan_fold(
-            messages, current.summary, current.summarized_count, policy, self.counter
+        outcome = FoldOutcome(state.get("summary", ""), state.get("summarized_count", 0))
+        outcome.plan = plan_fold(
+            messages,
+            outcome.summary,
+            outcome.summarized_count,
+            policy,
+            self.counter,
+            self.tool_tokens,
         )
-        if target is None:
-            return current, []
-        batch_tokens = max(policy.max_context_tokens - policy.summary_max_tokens, 256)
-        batch_tokens -= SUMMARY_PROMPT_RESERVE
-        batches = fold_batches(
-            messages, current.summarized_count, target, max(batch_tokens, 128), self.counter
-        )
-        return current, batches
+        failed_turn = state.get("summary_failed_turn")
+        outcome.allowed = failed_turn is None or failed_turn != last_human_index(messages)
+        return outcome
 
-    def _finish(self, state: ThreadState, policy: MemoryPolicy, fold: Fold) -> dict[str, Any]:
-        view = build_view(
-            state["messages"], fold.summary, fold.summarized_count, policy, self.counter
+    def _batches(self, outcome: FoldOutcome) -> Iterator[SummaryBatch]:
+        if outcome.plan is None or not outcome.allowed:
+            return
+        for batch in outcome.plan.batches:
+            if outcome.error is not None:
+                return
+            outcome.calls += 1
+            yield batch
+
+    def _request(
+        self, outcome: FoldOutcome, batch: SummaryBatch, policy: MemoryPolicy
+    ) -> list[BaseMessage]:
+        summary = capped_summary(outcome.summary, policy, self.counter)
+        return summary_request(summary, batch.transcript, policy.summary_cap_tokens)
+
+    def _remaining(self, outcome: FoldOutcome, policy: MemoryPolicy) -> float:
+        """Time left of the step's summary deadline (one deadline for all its batches)."""
+        return policy.summary_timeout_seconds - (time.monotonic() - outcome.started)
+
+    def _accept(
+        self, outcome: FoldOutcome, batch: SummaryBatch, reply: BaseMessage, policy: MemoryPolicy
+    ) -> None:
+        outcome.summary = capped_summary(summary_text(reply), policy, self.counter)
+        outcome.folded += batch.end - outcome.summarized_count
+        outcome.summarized_count = batch.end
+
+    def _fail(self, outcome: FoldOutcome, exc: BaseException) -> None:
+        outcome.error = type(exc).__name__
+        log.warning("summary call failed (%s); trimming this turn instead", outcome.error)
+        log.debug("summary call failure", exc_info=exc)
+
+    def _finish(
+        self, state: ThreadState, policy: MemoryPolicy, outcome: FoldOutcome
+    ) -> dict[str, Any]:
+        messages = state["messages"]
+        view = self._build_view(messages, outcome.summary, outcome.summarized_count, policy)
+        total_folds = state.get("total_folds", 0) + (1 if outcome.folded else 0)
+        facts = StepFacts(
+            transcript_messages=len(messages),
+            summarized_messages=outcome.summarized_count,
+            folded_this_turn=outcome.folded,
+            total_folds=total_folds,
+            summary_calls=outcome.calls,
+            summary_seconds=time.monotonic() - outcome.started if outcome.calls else 0.0,
+            tool_schema_tokens=self.tool_tokens,
+            exact_count=self.counter.exact,
+            unfolded_tokens=outcome.plan.unfolded_tokens if outcome.plan else None,
+            summary_error=outcome.error,
         )
-        total_folds = state.get("total_folds", 0) + (1 if fold.folded else 0)
-        telemetry = self._telemetry(state, policy, fold, view, total_folds)
-        log.info(
-            "context budget: %(view_tokens)d/%(budget)d tokens (%(percent_used).1f%%), "
-            "%(folded_this_turn)d folded, %(total_folds)d folds",
-            dict(telemetry),
-        )
+        telemetry = budget_telemetry(policy, view, facts)
+        log_telemetry(telemetry)
         update: dict[str, Any] = {"telemetry": telemetry}
-        if fold.folded:
+        if outcome.folded:
             update |= {
-                "summary": fold.summary,
-                "summarized_count": fold.summarized_count,
+                "summary": outcome.summary,
+                "summarized_count": outcome.summarized_count,
                 "total_folds": total_folds,
             }
+        if outcome.error is not None:
+            update["summary_failed_turn"] = last_human_index(messages)
         return update
 
-    def _telemetry(
-        self,
-        state: ThreadState,
-        policy: MemoryPolicy,
-        fold: Fold,
-        view: View,
-        total_folds: int,
-    ) -> BudgetTelemetry:
-        summary_tokens = self.counter.count_message(AIMessage(fold.summary)) if fold.summary else 0
-        telemetry = BudgetTelemetry(
-            view_tokens=view.tokens,
-            budget=policy.max_context_tokens,
-            percent_used=round(100 * view.tokens / policy.max_context_tokens, 1),
-            view_messages=len(view.messages),
-            transcript_messages=len(state["messages"]),
-            folded_this_turn=fold.folded,
-            total_folds=total_folds,
-            summary_tokens=summary_tokens,
-            strategy=policy.memory_strategy,
-        )
-        if fold.error:
-            telemetry["summary_error"] = fold.error
-        return telemetry
-
-    def _record_failure(self, fold: Fold, exc: BaseException) -> None:
-        fold.error = type(exc).__name__
-        log.warning("summary call failed (%s: %s); trimming this turn instead", fold.error, exc)
-
-    def _apply(self, fold: Fold, end: int, summary: str) -> None:
-        fold.folded += end - fold.summarized_count
-        fold.summary, fold.summarized_count = summary, end
+    # -- trim_or_summarize: the sync/async pair -----------------------------------------------
 
     async def atrim_or_summarize(
         self, state: ThreadState, config: RunnableConfig, runtime: Runtime[Context]
     ) -> dict[str, Any]:
         policy = self.resolve_policy(config, runtime)
-        fold, batches = self._fold_plan(state, policy)
-        for start, end in batches:
+        outcome = self._start(state, policy)
+        for batch in self._batches(outcome):
+            request = self._request(outcome, batch, policy)
+            remaining = self._remaining(outcome, policy)
             try:
-                summary = await asyncio.wait_for(
-                    aextend_summary(
-                        self.model,
-                        fold.summary,
-                        state["messages"][start:end],
-                        policy.summary_max_tokens,
-                    ),
-                    timeout=policy.summary_timeout_seconds,
-                )
+                if remaining <= 0:
+                    raise TimeoutError("no time left for the summary call")
+                call = self.summary_model.ainvoke(request, **self._summary_call_kwargs(remaining))
+                reply = await asyncio.wait_for(call, remaining)
+                self._accept(outcome, batch, reply, policy)
             except Exception as exc:
-                self._record_failure(fold, exc)
-                break
-            self._apply(fold, end, self._capped(summary, policy))
-        return self._finish(state, policy, fold)
+                self._fail(outcome, exc)
+        return self._finish(state, policy, outcome)
 
     def trim_or_summarize(
         self, state: ThreadState, config: RunnableConfig, runtime: Runtime[Context]
     ) -> dict[str, Any]:
         policy = self.resolve_policy(config, runtime)
-        fold, batches = self._fold_plan(state, policy)
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="threadline-summary")
-        try:
-            for start, end in batches:
-                future = pool.submit(
-                    extend_summary,
-                    self.model,
-                    fold.summary,
-                    state["messages"][start:end],
-                    policy.summary_max_tokens,
+        outcome = self._start(state, policy)
+        for batch in self._batches(outcome):
+            request = self._request(outcome, batch, policy)
+            remaining = self._remaining(outcome, policy)
+            try:
+                call = partial(
+                    self.summary_model.invoke, request, **self._summary_call_kwargs(remaining)
                 )
-                try:
-                    summary = future.result(timeout=policy.summary_timeout_seconds)
-                except (Exception, FutureTimeout) as exc:
-                    self._record_failure(fold, exc)
-                    break
-                self._apply(fold, end, self._capped(summary, policy))
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)  # a hung call must not hold the turn
-        return self._finish(state, policy, fold)
-
-    def _capped(self, summary: str, policy: MemoryPolicy) -> str:
-        from threadline.graph.memory import cut_to_fit
-
-        message = cut_to_fit(AIMessage(summary), policy.summary_max_tokens, self.counter)
-        return str(message.content)
+                reply = run_with_deadline(call, remaining, name="threadline-summary")
+                self._accept(outcome, batch, reply, policy)
+            except Exception as exc:
+                self._fail(outcome, exc)
+        return self._finish(state, policy, outcome)
 
     # -- model --------------------------------------------------------------------------------
 
+    def _build_view(
+        self, messages: Sequence[BaseMessage], summary: str, count: int, policy: MemoryPolicy
+    ) -> View:
+        return build_view(messages, summary, count, policy, self.counter, self.tool_tokens)
+
     def _view(self, state: ThreadState, policy: MemoryPolicy) -> list[BaseMessage]:
-        return build_view(
-            state["messages"],
-            state.get("summary", ""),
-            state.get("summarized_count", 0),
-            policy,
-            self.counter,
-        ).messages
+        summary, count = state.get("summary", ""), state.get("summarized_count", 0)
+        return self._build_view(state["messages"], summary, count, policy).messages
 
     async def acall_model(
         self, state: ThreadState, config: RunnableConfig, runtime: Runtime[Context]

@@ -1,4 +1,4 @@
-"""Prompts the agent sends besides the user's own words."""
+"""Texts the agent sends besides the user's own words."""
 
 SUMMARY_HEADER = "Summary of the earlier conversation (older turns are folded into it):"
 
@@ -17,4 +17,18 @@ New turns to fold in:
 
 Return the updated summary only."""
 
-CUT_MARKER = "\n[… {tokens} tokens cut to fit the context budget …]\n"
+NO_SUMMARY_YET = "(none yet)"
+
+# Shown in place of text removed to fit the budget, so neither model nor reader mistakes a cut
+# message for a whole one.
+CUT_MARKER = "\n[… {chars} characters cut to fit the context budget …]\n"
+# What is left of a message when none of its text fits.
+ALL_CUT_MARKER = "[all {chars} characters cut to fit the context budget]"
+
+CUT_TOOL_ARGUMENTS = "[arguments cut to fit the context budget]"
+
+# Shown as the result of a tool call whose result never arrived (a crash between the model's
+# call and the tool's answer), because the API rejects a call without a result.
+MISSING_TOOL_RESULT = "[no result: this tool call was interrupted before it returned]"
+
+INVALID_TOOL_CALL_RESULT = "[not run: the tool call was malformed ({error})]"

