@@ -105,6 +105,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         self._suspects: dict[Key, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeping = False
+        self._repairs: dict[Key, asyncio.Lock] = {}
 
     @classmethod
     @asynccontextmanager
@@ -260,7 +261,18 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
                 await asyncio.sleep(1.0)
 
     async def _repair(self, key: Key) -> bool:
-        """Invalidate a suspect entry in Redis, then clear its journal row."""
+        """Invalidate a suspect entry in Redis, then clear its journal row (once at a time:
+        a second invalidation after a re-warm would only cost a cold read)."""
+        lock = self._repairs.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self._suspects:
+                return True
+            repaired = await self._invalidate_suspect(key)
+        if not lock.locked():
+            self._repairs.pop(key, None)
+        return repaired
+
+    async def _invalidate_suspect(self, key: Key) -> bool:
         below = self._suspects[key]
         thread_id, checkpoint_ns = key
         try:

@@ -1,0 +1,177 @@
+"""The hot tier on real Redis: module-free, one round trip, one slot, idle TTL, ordering."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+import redis
+from langgraph.checkpoint.base import empty_checkpoint
+from redis.asyncio.connection import AbstractConnection
+from redis.cluster import key_slot
+
+from tests.fixtures.checkpointers import (
+    erase_thread_rows,
+    human_texts,
+    offline_agent,
+    take_turns,
+    thread_config,
+)
+from threadline.checkpointers import open_checkpointer
+from threadline.checkpointers.durable import DurablePostgresSaver
+from threadline.checkpointers.tiered import TieredSaver
+from threadline.settings import Settings
+
+
+def raw_keys(redis_url: str, prefix: str) -> list[bytes]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sorted(client.scan_iter(match=f"{prefix}:*"))
+    finally:
+        client.close()
+
+
+async def test_hot_tier_serves_reads_from_redis_without_modules(
+    open_tiered, plain_redis_url, postgres_db_url, monkeypatch
+):
+    client = redis.Redis.from_url(plain_redis_url)
+    assert client.execute_command("MODULE LIST") == []  # no RedisJSON, no RediSearch
+    client.close()
+    async with open_tiered() as saver:
+        graph = offline_agent(saver)
+        config = thread_config("plain")
+        await take_turns(graph, config, ["one", "two", "three"])
+
+        sends = 0
+        original = AbstractConnection.send_packed_command
+
+        async def counting(self, command, check_health=True):
+            nonlocal sends
+            sends += 1
+            return await original(self, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+        erase_thread_rows(postgres_db_url, config["configurable"]["thread_id"])
+        hit = await saver.aget_tuple(config)
+        monkeypatch.undo()
+        assert hit is not None  # Postgres has nothing left: Redis answered
+        assert [m.content for m in hit.checkpoint["channel_values"]["messages"]][::2] == [
+            "one",
+            "two",
+            "three",
+        ]
+        assert sends == 1, f"a hot read took {sends} round trips"
+
+
+async def test_thread_keys_share_one_cluster_slot(open_tiered, plain_redis_url):
+    client = redis.Redis.from_url(plain_redis_url)
+    async with open_tiered() as saver:
+        for thread_id in (f"slot-{uuid.uuid4().hex}", "odd{brace}id", "}{"):
+            for ns in ("", "child:1"):
+                config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}}
+                await saver.aput(config, empty_checkpoint(), {"step": 0}, {})
+            keys = {*saver.hot.keys(thread_id, ""), *saver.hot.keys(thread_id, "child:1")}
+            assert len(keys) == 3 and client.exists(*keys) == 3
+            assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+    client.close()
+
+
+async def test_idle_thread_expires_whole_and_reads_back_from_postgres(open_tiered, plain_redis_url):
+    async with open_tiered(key_prefix="ttl", hot_ttl_seconds=0.6) as saver:
+        graph = offline_agent(saver)
+        config = thread_config("ttl")
+        await take_turns(graph, config, ["one", "two"])
+        assert raw_keys(plain_redis_url, "ttl")
+        for _ in range(4):  # reads keep an active thread's entry alive
+            await asyncio.sleep(0.25)
+            await graph.aget_state(config)
+        assert raw_keys(plain_redis_url, "ttl")
+        deadline = time.monotonic() + 5
+        while raw_keys(plain_redis_url, "ttl"):
+            assert time.monotonic() < deadline, "the idle entry never expired"
+            await asyncio.sleep(0.1)
+        assert human_texts(await graph.aget_state(config)) == ["one", "two"]
+        assert raw_keys(plain_redis_url, "ttl")  # warmed again by that read
+
+
+async def test_destructive_operations_reach_the_hot_tier(open_tiered):
+    async with open_tiered() as saver:
+        graph = offline_agent(saver)
+        source, target = thread_config("src"), thread_config("dst")
+        await take_turns(graph, source, ["one"])
+        await graph.ainvoke(
+            {"messages": [("user", "two")]},
+            {**source, "metadata": {"run_id": "doomed-run"}},
+        )
+        assert human_texts(await graph.aget_state(source)) == ["one", "two"]  # hot
+
+        await saver.adelete_for_runs(["doomed-run"])
+        assert human_texts(await graph.aget_state(source)) == ["one"]
+
+        await saver.acopy_thread(
+            source["configurable"]["thread_id"], target["configurable"]["thread_id"]
+        )
+        assert human_texts(await graph.aget_state(target)) == ["one"]
+
+        await saver.aprune([source["configurable"]["thread_id"]], strategy="keep_latest")
+        assert human_texts(await graph.aget_state(source)) == ["one"]
+        assert len([c async for c in saver.alist(source)]) == 1
+
+        await saver.adelete_thread(source["configurable"]["thread_id"])
+        assert await saver.aget_tuple(source) is None
+        assert human_texts(await graph.aget_state(target)) == ["one"]
+
+
+async def test_late_writes_never_roll_an_entry_back(open_tiered):
+    """A delayed install of an older checkpoint, or a warm that raced an invalidation, is
+    dropped by Redis itself."""
+    async with open_tiered() as saver:
+        thread_id = f"late-{uuid.uuid4().hex}"
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        older, newer = empty_checkpoint(), empty_checkpoint()
+        older["channel_values"] = {"step": "older"}
+        newer["channel_values"] = {"step": "newer"}
+        assert older["id"] < newer["id"]
+        prepare = saver.durable.prepare_put
+        await saver.hot.put(prepare(config, newer, {}, {}))
+        assert await saver.hot.put(prepare(config, older, {}, {})) is False
+        found = await saver.hot.read(thread_id, "")
+        assert found.record is not None
+        assert found.record.skeleton["channel_values"] == {"step": "newer"}
+
+        read_before = await saver.hot.read(thread_id, "")
+        await saver.hot.invalidate(thread_id, "")
+        assert await saver.hot.warm(found.record, read_before.gen) is False
+        assert (await saver.hot.read(thread_id, "")).record is None
+
+
+async def test_sync_methods_work_from_worker_threads_only(open_tiered):
+    async with open_tiered() as saver:
+        graph = offline_agent(saver)
+        config = thread_config("sync")
+        await take_turns(graph, config, ["one"])
+        found = await asyncio.to_thread(saver.get_tuple, config)
+        assert found is not None
+        listed = await asyncio.to_thread(lambda: list(saver.list(config)))
+        assert listed[0].config == found.config
+        with pytest.raises(asyncio.InvalidStateError, match="async API"):
+            saver.get_tuple(config)
+
+
+async def test_settings_select_the_tiered_and_durable_savers(postgres_db_url, plain_redis_url):
+    for kind, expected in (("tiered", TieredSaver), ("postgres", DurablePostgresSaver)):
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            model="fake",
+            checkpointer=kind,
+            postgres_url=postgres_db_url,
+            redis_url=plain_redis_url,
+        )
+        async with open_checkpointer(settings) as saver:
+            assert type(saver) is expected
+            graph = offline_agent(saver)
+            config = thread_config(kind)
+            await take_turns(graph, config, ["hello"])
+            assert human_texts(await graph.aget_state(config)) == ["hello"]
