@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
@@ -133,6 +134,7 @@ class _CachedCounter:
     def __init__(self, cache_size: int = 50_000) -> None:
         self._cache: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()  # one counter serves every thread of the server
 
     def count_text(self, text: str) -> int:
         raise NotImplementedError
@@ -147,15 +149,17 @@ class _CachedCounter:
             hash(repr(getattr(message, "invalid_tool_calls", None))),
             getattr(message, "tool_call_id", None),
         )
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
         texts, extra = _billed_parts(openai_payload(message))
         tokens = extra + sum(self.count_text(text) for text in texts)
-        self._cache[key] = tokens
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = tokens
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return tokens
 
     def count(self, messages: Sequence[BaseMessage]) -> int:
