@@ -148,21 +148,21 @@ def build_view(
     body: list[BaseMessage] = []
     units: list[Unit] = []
     cut = 0
+    left = room
     if newest is not None:
-        body, units, cut, room = _newest_turn(newest, room, counter)
+        body, units, cut, left = _newest_turn(newest, room, counter)
         older: list[Turn] = []
         for turn in turns:
-            if turn.tokens > room:
+            if turn.tokens > left:
                 break
             older.append(turn)
-            room -= turn.tokens
+            left -= turn.tokens
         older.reverse()
         body = [m for turn in older for unit in turn.units for m in unit.messages] + body
         units += [unit for turn in older for unit in turn.units]
-    view = head + body
     return View(
-        messages=view,
-        tokens=counter.count(view) + tool_tokens,
+        messages=head + body,
+        tokens=policy.max_context_tokens - left,  # every token counted once, on the way in
         summary_tokens=counter.count_message(head[1]) if len(head) > 1 else 0,
         shown=sum(unit.shown for unit in units),
         cut=cut,

@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.tools import BaseTool
 
 log = logging.getLogger(__name__)
@@ -140,14 +140,18 @@ class _CachedCounter:
         raise NotImplementedError
 
     def count_message(self, message: BaseMessage) -> int:
+        calls: Any = None
+        if isinstance(message, AIMessage):
+            calls = (repr(message.tool_calls), repr(message.invalid_tool_calls))
+        elif isinstance(message, ToolMessage):
+            calls = message.tool_call_id
+        content = message.content
         key = (
             message.type,
             message.id,
             message.name,
-            hash(message.content if isinstance(message.content, str) else str(message.content)),
-            hash(repr(getattr(message, "tool_calls", None))),
-            hash(repr(getattr(message, "invalid_tool_calls", None))),
-            getattr(message, "tool_call_id", None),
+            hash(content if isinstance(content, str) else repr(content)),
+            calls,
         )
         with self._lock:
             cached = self._cache.get(key)
