@@ -281,15 +281,16 @@ def test_folds_take_whole_old_turns_fit_the_budget_and_reach_the_target(
     for before, after in itertools.pairwise(plan.batches):
         assert before.end == after.start
     assert 1 <= len(plan.batches) <= MAX_SUMMARY_CALLS_PER_TURN
-    assert plan.end in starts and plan.end <= turns[-1].start  # whole turns, never the newest
+    end = plan.batches[-1].end
+    assert end in starts and end <= turns[-1].start  # whole turns, never the newest
     at_cap = "fact " * (4 * policy.summary_cap_tokens)
     at_cap = capped_summary(at_cap, policy, COUNTER)
     for batch in plan.batches:
         request = summary_request(at_cap, batch.transcript, policy.summary_cap_tokens)
         assert COUNTER.count(request) <= policy.max_context_tokens
     if len(plan.batches) < MAX_SUMMARY_CALLS_PER_TURN:
-        rest = sum(t.tokens for t in turns if t.start >= plan.end)
-        only_newest_left = plan.end == turns[-1].start
+        rest = sum(t.tokens for t in turns if t.start >= end)
+        only_newest_left = end == turns[-1].start
         assert fixed + policy.summary_cap_tokens + rest <= policy.target_tokens or only_newest_left
 
 

@@ -62,10 +62,6 @@ class FoldPlan:
     batches: list[SummaryBatch]
     unfolded_tokens: int
 
-    @property
-    def end(self) -> int:
-        return self.batches[-1].end
-
 
 def summary_message(summary: str, policy: MemoryPolicy, counter: TokenCounter) -> BaseMessage:
     """The summary as the model sees it, cut to the policy's cap (which a smaller per-request

@@ -14,7 +14,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from threadline.graph.prompts import SUMMARY_HEADER, SUMMARY_INSTRUCTIONS
 from threadline.settings import FAKE_MODEL, Settings
 
-_FOLDED_TURN = re.compile(r"^- Turn (\d+):", re.MULTILINE)
+_FOLDED_COUNT = re.compile(r"^- Turns folded: (\d+)$", re.MULTILINE)
 _FIRST_FOLDED = re.compile(r"^- Turn 1: the user said (.*)$", re.MULTILINE)
 _NEW_TURN_LINE = re.compile(r"^User: (.*)$", re.MULTILINE)
 
@@ -22,9 +22,10 @@ _NEW_TURN_LINE = re.compile(r"^User: (.*)$", re.MULTILINE)
 class OfflineChatModel(BaseChatModel):
     """A deterministic model for demos and tests: no network, replies show memory at work.
 
-    Each reply names the turn it answers (counting turns folded into the summary) and quotes
-    the first thing the user said that it can still see, so a person watching sees the thread
-    being remembered. Asked to summarise, it keeps one line per user turn.
+        Each reply names the turn it answers (counting turns folded into the summary) and quotes
+        the first thing the user said that it can still see, so a person watching sees the thread
+        being remembered. Asked to summarise, it keeps the first message, the count of folded turns
+    and the latest folded message: a summary that stays small however long the thread.
     """
 
     @property
@@ -51,11 +52,14 @@ class OfflineChatModel(BaseChatModel):
     def _summarise(messages: list[BaseMessage]) -> str:
         request = str(messages[-1].content)
         existing, _, new_turns = request.partition("New turns to fold in:")
-        lines = [line for line in existing.splitlines() if line.startswith("- Turn ")]
-        turn = len(lines)
-        for said in _NEW_TURN_LINE.findall(new_turns):
-            turn += 1
-            lines.append(f"- Turn {turn}: the user said {said[:120]!r}")
+        said = [text[:60] for text in _NEW_TURN_LINE.findall(new_turns)]
+        first = _FIRST_FOLDED.search(existing)
+        count = _FOLDED_COUNT.search(existing)
+        folded = (int(count.group(1)) if count else 0) + len(said)
+        opening = first.group(1) if first else repr(said[0]) if said else "nothing yet"
+        lines = [f"- Turn 1: the user said {opening}", f"- Turns folded: {folded}"]
+        if said and folded > 1:
+            lines.append(f"- Turn {folded}: the user said {said[-1]!r}")
         return "\n".join(lines)
 
     @staticmethod
@@ -68,9 +72,9 @@ class OfflineChatModel(BaseChatModel):
             ),
             "",
         )
-        folded = _FOLDED_TURN.findall(summary)
+        count = _FOLDED_COUNT.search(summary)
         said = [str(m.content) for m in messages if isinstance(m, HumanMessage)]
-        turn = len(folded) + len(said)
+        turn = (int(count.group(1)) if count else 0) + len(said)
         if not said:
             return f"[turn {turn}] (no user message)"
         first_folded = _FIRST_FOLDED.search(summary)
