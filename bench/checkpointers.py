@@ -193,11 +193,11 @@ def report(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-async def run(samples: int, rounds: int, only: list[str], durable_commits: bool) -> None:
+async def run(samples: int, rounds: int, only: list[str], rtt_ms: float) -> None:
     chosen = {n: f for n, f in SAVERS.items() if not only or n in only}
-    commits = "fsync + synchronous_commit (defaults)" if durable_commits else "fsync off"
-    print(f"Postgres commits: {commits}")
-    with bench_services(durable_commits) as services:
+    where = f"behind a {rtt_ms:g} ms round-trip proxy" if rtt_ms > 0 else "on loopback"
+    print(f"Postgres, Redis Stack and plain Redis {where}; pool size {POOL_SIZE}")
+    with bench_services(rtt_ms) as services:
         async with AsyncExitStack() as stack:
             graphs = {
                 name: build(await stack.enter_async_context(factory(services)))
@@ -215,10 +215,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="throughput runs (best kept)")
     parser.add_argument("--only", nargs="*", default=[], choices=list(SAVERS), help="savers")
     parser.add_argument(
-        "--no-fsync", action="store_true", help="Postgres without fsync/synchronous_commit"
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        help="round-trip time added to every service connection (services on other hosts)",
     )
     args = parser.parse_args()
-    asyncio.run(run(10 if args.quick else args.samples, args.rounds, args.only, not args.no_fsync))
+    asyncio.run(run(10 if args.quick else args.samples, args.rounds, args.only, args.rtt_ms))
 
 
 if __name__ == "__main__":

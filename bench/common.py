@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import queue
 import shutil
+import socket
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import psycopg
 
 from threadline.services import PostgresServer, RedisServer, free_port
 
@@ -24,11 +27,11 @@ class BenchServices:
 
 
 @contextmanager
-def bench_services(durable_commits: bool = True) -> Iterator[BenchServices]:
+def bench_services(rtt_ms: float = 0.0) -> Iterator[BenchServices]:
     """Postgres, Redis Stack and plain Redis on free loopback ports, removed afterwards.
 
-    The throwaway Postgres skips fsync for test speed; `durable_commits` turns Postgres'
-    defaults (fsync, synchronous commit) back on, as a production database runs.
+    With `rtt_ms`, every connection goes through a proxy adding that round-trip time, as
+    when the services run on other hosts (the throwaway Postgres runs without fsync).
     """
     dirs = [Path(tempfile.mkdtemp(prefix=f"threadline-bench-{n}-")) for n in ("pg", "rs", "rp")]
     pg = PostgresServer(free_port(), dirs[0])
@@ -39,12 +42,19 @@ def bench_services(durable_commits: bool = True) -> Iterator[BenchServices]:
         for server in (pg, stack, plain):
             server.start()
             started.append(server)
-        if durable_commits:
-            with psycopg.connect(pg.url, autocommit=True) as conn:
-                conn.execute("ALTER SYSTEM SET fsync = on")
-                conn.execute("ALTER SYSTEM SET synchronous_commit = on")
-                conn.execute("SELECT pg_reload_conf()")
-        yield BenchServices(pg.url, stack.url, plain.url)
+        if rtt_ms <= 0:
+            yield BenchServices(pg.url, stack.url, plain.url)
+            return
+        with (
+            latency_proxy(pg.port, rtt_ms) as pg_port,
+            latency_proxy(stack.port, rtt_ms) as stack_port,
+            latency_proxy(plain.port, rtt_ms) as plain_port,
+        ):
+            yield BenchServices(
+                pg.url.replace(f":{pg.port}/", f":{pg_port}/"),
+                stack.url.replace(f":{stack.port}/", f":{stack_port}/"),
+                plain.url.replace(f":{plain.port}/", f":{plain_port}/"),
+            )
     finally:
         for server in reversed(started):
             server.stop()
@@ -77,3 +87,70 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+@contextmanager
+def latency_proxy(target_port: int, rtt_ms: float) -> Iterator[int]:
+    """A loopback TCP proxy to `target_port` that delays each direction by half of `rtt_ms`.
+
+    It runs in its own process (threads, not asyncio, for sub-millisecond delays), so the
+    process under measurement pays nothing for it but the latency.
+    """
+    port = free_port()
+    ready = multiprocessing.Event()
+    proc = multiprocessing.Process(
+        target=_proxy_main, args=(port, target_port, rtt_ms / 2000, ready), daemon=True
+    )
+    proc.start()
+    if not ready.wait(10):
+        proc.kill()
+        raise RuntimeError("latency proxy did not start")
+    try:
+        yield port
+    finally:
+        proc.kill()
+        proc.join(5)
+
+
+def _proxy_main(port: int, target_port: int, delay: float, ready: object) -> None:
+    server = socket.create_server(("127.0.0.1", port), backlog=512)
+    ready.set()  # type: ignore[attr-defined]
+    while True:
+        client, _ = server.accept()
+        upstream = socket.create_connection(("127.0.0.1", target_port))
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _pump(client, upstream, delay)
+        _pump(upstream, client, delay)
+
+
+def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
+    """Forward `source` to `sink`, each chunk `delay` seconds after it arrived."""
+    pending: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+
+    def receive() -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            pending.put((time.monotonic() + delay, data))
+            if not data:
+                return
+
+    def send() -> None:
+        while True:
+            due, data = pending.get()
+            if not data:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket.SHUT_WR)
+                return
+            if (wait := due - time.monotonic()) > 0:
+                time.sleep(wait)
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    threading.Thread(target=receive, daemon=True).start()
+    threading.Thread(target=send, daemon=True).start()
