@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -61,7 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         warn_if_open(api_keys)
-        async with open_checkpointer(settings) as saver, open_turn_locks(settings) as locks:
+        async with AsyncExitStack() as stack:
+            locks = await stack.enter_async_context(open_turn_locks(settings))
+            async with locks.setup_guard():
+                saver = await stack.enter_async_context(open_checkpointer(settings))
             runner = TurnRunner(graph.copy({"checkpointer": saver}))
             agent.attach(runner)
             chat.attach(runner)

@@ -27,6 +27,10 @@ log = logging.getLogger("threadline.server")
 REDIS_LEASE_SECONDS = 30.0
 REDIS_POLL_SECONDS = 0.02
 LOCK_POOL_PER_SAVER_CONNECTION = 4
+POOL_WAIT_SECONDS = 5.0  # waiting for a connection is capacity, not the thread's turn
+SETUP_KEY = "threadline-setup"
+SETUP_WAIT_SECONDS = 120.0
+SETUP_POLL_SECONDS = 0.1
 
 
 class ThreadBusyError(Exception):
@@ -40,6 +44,10 @@ class LockBackendError(Exception):
 class TurnLocks(Protocol):
     def hold(self, keys: Sequence[str], timeout: float) -> AbstractAsyncContextManager[None]:
         """Hold every key (taken in sorted order, so batches never deadlock)."""
+        ...
+
+    def setup_guard(self) -> AbstractAsyncContextManager[None]:
+        """Held while the store sets itself up, so replicas starting together never race."""
         ...
 
     async def ping(self) -> None: ...
@@ -82,6 +90,9 @@ class LocalTurnLocks:
             if not self._users[key]:
                 del self._users[key], self._locks[key]
 
+    def setup_guard(self) -> AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
     async def ping(self) -> None:
         return None
 
@@ -109,7 +120,7 @@ class PostgresTurnLocks:
 
         deadline = time.monotonic() + timeout
         try:
-            conn = await self._pool.getconn(timeout=max(timeout, 1.0))
+            conn = await self._pool.getconn(timeout=max(timeout, POOL_WAIT_SECONDS))
         except PoolTimeout:
             raise LockBackendError("no Postgres connection free for the thread lock") from None
         except psycopg.OperationalError as exc:
@@ -143,6 +154,26 @@ class PostgresTurnLocks:
             return
         await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{millis}ms",))
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
+
+    @asynccontextmanager
+    async def setup_guard(self) -> AsyncIterator[None]:
+        """A session-level lock, polled: a statement waiting on a lock (or an open transaction)
+        would hold a snapshot that the holder's `CREATE INDEX CONCURRENTLY` waits for."""
+        lock_id = advisory_key(SETUP_KEY)
+        async with self._pool.connection(timeout=POOL_WAIT_SECONDS) as conn:
+            deadline = time.monotonic() + SETUP_WAIT_SECONDS
+            while True:
+                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (lock_id,))
+                if (await cursor.fetchone())["ok"]:
+                    break
+                if time.monotonic() > deadline:
+                    raise LockBackendError("another replica has been setting up the store too long")
+                await asyncio.sleep(SETUP_POLL_SECONDS)
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
 
     async def ping(self) -> None:
         async with self._pool.connection(timeout=2.0) as conn:
@@ -203,6 +234,9 @@ class RedisTurnLocks:
                 await lock.reacquire()
             except (LockError, RedisError) as exc:
                 log.warning("could not renew a thread lock: %s", exc)
+
+    def setup_guard(self) -> AbstractAsyncContextManager[None]:
+        return self.hold([SETUP_KEY], SETUP_WAIT_SECONDS)
 
     async def ping(self) -> None:
         await self._client.ping()
