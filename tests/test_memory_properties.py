@@ -37,7 +37,7 @@ from threadline.graph.tokens import (
 from threadline.graph.units import split_turns
 
 COUNTER = make_token_counter("gpt-4o-mini")
-CUT_NOTE = "characters cut to fit the context budget"  # in every cut marker
+CUT_NOTE = "cut to fit the context budget"  # in every cut marker
 PROPERTY_SETTINGS = settings(
     max_examples=120,
     deadline=None,
@@ -74,11 +74,20 @@ def events(draw: st.DrawFn) -> list[BaseMessage]:
     """One transcript event: a message, or a tool round in some (possibly broken) shape."""
     kind = draw(
         st.sampled_from(
-            ["human", "human", "ai", "tools", "tools", "crash", "orphan", "invalid", "noid"]
+            [
+                *("human", "human", "image", "ai", "tools", "tools"),
+                *("crash", "orphan", "invalid", "noid"),
+            ]
         )
     )
     if kind == "human":
         return [HumanMessage(draw(texts()), id=_id("h"))]
+    if kind == "image":
+        image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+        if draw(st.booleans()):
+            image["image_url"]["detail"] = "low"
+        parts = [{"type": "text", "text": draw(texts())}, image]
+        return [HumanMessage(parts * draw(st.integers(1, 3)), id=_id("h"))]
     if kind == "ai":
         return [AIMessage(draw(texts()), id=_id("a"))]
     if kind == "orphan":
@@ -151,6 +160,12 @@ def independent_count(messages: Sequence[BaseMessage]) -> int:
                 for call in value:
                     total += len(encoding.encode(call["function"]["arguments"]))
                     total += len(encoding.encode(call["function"]["name"]))
+            elif isinstance(value, list):  # text parts; images at OpenAI's price (low) or
+                for part in value:  # the most a high-detail image can cost (8 tiles + base)
+                    if part["type"] == "text":
+                        total += len(encoding.encode(part["text"]))
+                    else:
+                        total += 85 if part["image_url"].get("detail") == "low" else 8 * 170 + 85
             elif value:
                 total += len(encoding.encode(str(value))) + (1 if key == "name" else 0)
     return total

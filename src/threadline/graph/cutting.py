@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from langchain_core.messages import AIMessage, BaseMessage
 
-from threadline.graph.prompts import ALL_CUT_MARKER, CUT_MARKER, CUT_TOOL_ARGUMENTS
+from threadline.graph.prompts import ALL_CUT_MARKER, CUT_MARKER, CUT_PARTS, CUT_TOOL_ARGUMENTS
 from threadline.graph.tokens import TokenCounter
 
 _MAX_ATTEMPTS = 12
@@ -23,6 +23,16 @@ def message_text(message: BaseMessage) -> str:
     if isinstance(message.content, str):
         return message.content
     return message.text
+
+
+def _non_text_parts(message: BaseMessage) -> int:
+    if isinstance(message.content, str):
+        return 0
+    return sum(
+        1
+        for part in message.content
+        if not isinstance(part, str) and not (isinstance(part, dict) and part.get("type") == "text")
+    )
 
 
 def cut_text(
@@ -57,15 +67,20 @@ def cut_message(message: BaseMessage, max_tokens: int, counter: TokenCounter) ->
     """The message within `max_tokens` if cutting its text (then its tool arguments) can do it.
 
     The copy keeps the message's id, type and tool-call ids, so pairing is unaffected;
-    multi-part content becomes its text (images and other parts are dropped when cut).
+    multi-part content becomes its text, with a marker for the images and other parts dropped.
     Returns the smallest form it can reach when even that is over `max_tokens`.
     """
     tokens = counter.count_message(message)
     if tokens <= max_tokens:
         return message
     text = message_text(message)
+    if dropped := _non_text_parts(message):
+        text = f"{text}\n{CUT_PARTS.format(parts=dropped)}".lstrip()
     bare = message.model_copy(update={"content": ""})
-    text_tokens = max(tokens - counter.count_message(bare), 1)  # exact for string content
+    # For string content the text's size is known exactly: it is encoded on its own.
+    text_tokens = (
+        max(tokens - counter.count_message(bare), 1) if isinstance(message.content, str) else None
+    )
     arguments_too_large = counter.count_message(bare) + _ROOM_FOR_A_MARKER > max_tokens
     if isinstance(message, AIMessage) and message.tool_calls and arguments_too_large:
         calls = [{**call, "args": {"note": CUT_TOOL_ARGUMENTS}} for call in message.tool_calls]

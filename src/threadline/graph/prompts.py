@@ -25,6 +25,8 @@ CUT_MARKER = "\n[… {chars} characters cut to fit the context budget …]\n"
 # What is left of a message when none of its text fits.
 ALL_CUT_MARKER = "[all {chars} characters cut to fit the context budget]"
 
+CUT_PARTS = "[{parts} image(s) or other non-text part(s) cut to fit the context budget]"
+
 CUT_TOOL_ARGUMENTS = "[arguments cut to fit the context budget]"
 
 # Shown as the result of a tool call whose result never arrived (a crash between the model's

@@ -38,7 +38,10 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 TOKENS_PER_REPLY = 3
 TOKENS_PER_TOOL_CALL_ID = 3
-TOKENS_PER_IMAGE = 85  # a low-detail image; we never fetch images to measure them
+# Images are never fetched to be measured: a low-detail image costs 85 tokens, any other is
+# counted at the most a high-detail image can cost (768x2048: 8 tiles of 170, plus 85).
+TOKENS_PER_LOW_DETAIL_IMAGE = 85
+TOKENS_PER_IMAGE_AT_MOST = 1445
 CHARS_PER_TOKEN = 4
 
 
@@ -116,7 +119,8 @@ def _billed_parts(payload: dict[str, Any]) -> tuple[list[str], int]:
                     texts.append(item["function"].get("arguments", ""))
                     texts.append(item["function"].get("name", ""))
                 elif item.get("type") == "image_url":
-                    extra += TOKENS_PER_IMAGE
+                    low = (item.get("image_url") or {}).get("detail") == "low"
+                    extra += TOKENS_PER_LOW_DETAIL_IMAGE if low else TOKENS_PER_IMAGE_AT_MOST
         elif not value:
             continue
         else:
