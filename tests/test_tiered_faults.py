@@ -25,6 +25,7 @@ from threadline.checkpointers.tiered import TieredSaver
 
 RETRY = 0.2  # breaker cool-down, short so the drills stay fast
 WRITER_RETRY = 1.5  # long enough to stay open through five frozen turns
+TIMEOUT = 0.25  # per Redis call while frozen
 
 
 def hot_checkpoint_id(saver: TieredSaver, redis_url: str, thread_id: str) -> str | None:
@@ -40,6 +41,7 @@ def hot_checkpoint_id(saver: TieredSaver, redis_url: str, thread_id: str) -> str
 
 async def assert_served_hot(graph: Any, config: dict[str, Any], db_url: str, texts: list[str]):
     """With the thread's rows gone from Postgres, only Redis can still answer."""
+    await asyncio.sleep(0.05)  # the writer commits its last staged change within milliseconds
     erase_thread_rows(db_url, config["configurable"]["thread_id"])
     assert human_texts(await graph.aget_state(config)) == texts
 
@@ -63,8 +65,12 @@ async def test_redis_frozen_mid_conversation_loses_nothing_and_recovers(
     # The writer's breaker stays open through the freeze, so the entry from before the
     # freeze is still in Redis when it resumes: the stale state that must never be served.
     async with (
-        open_tiered(server.url, redis_retry_seconds=WRITER_RETRY) as saver,
-        open_tiered(server.url, redis_retry_seconds=RETRY) as replica,
+        open_tiered(
+            server.url, redis_timeout_seconds=TIMEOUT, redis_retry_seconds=WRITER_RETRY
+        ) as saver,
+        open_tiered(
+            server.url, redis_timeout_seconds=TIMEOUT, redis_retry_seconds=RETRY
+        ) as replica,
     ):
         graph, other = offline_agent(saver), offline_agent(replica)
         config = thread_config("frozen")
@@ -98,7 +104,9 @@ async def test_redis_killed_and_restarted_empty_loses_nothing_and_recovers(
     open_tiered, redis_server_factory, postgres_db_url
 ):
     server = redis_server_factory()
-    async with open_tiered(server.url, redis_retry_seconds=RETRY) as saver:
+    async with open_tiered(
+        server.url, redis_timeout_seconds=TIMEOUT, redis_retry_seconds=RETRY
+    ) as saver:
         graph = offline_agent(saver)
         config = thread_config("killed")
         await take_turns(graph, config, ["one", "two"])
@@ -163,9 +171,19 @@ async def test_postgres_down_fails_the_turn_and_acknowledges_nothing(
         finally:
             await _set_connections(postgres_db_url, allowed=True)
 
-        # Redis never got ahead of Postgres: the failed turn is nowhere.
-        assert hot_checkpoint_id(saver, plain_redis_url, thread_id) == durable_before
+        await asyncio.sleep(0.05)
+        # Whatever Redis staged for the failed write was dropped, never committed.
+        assert hot_checkpoint_id(saver, plain_redis_url, thread_id) in (None, durable_before)
         assert latest_checkpoint_id(postgres_db_url, thread_id) == durable_before
-        assert human_texts(await graph.aget_state(config)) == ["one"]
+        async with open_tiered() as replica:
+            assert human_texts(await offline_agent(replica).aget_state(config)) == ["one"]
+        deadline = time.monotonic() + 15
+        while True:  # the pool reconnects by itself, after its back-off
+            try:
+                assert human_texts(await graph.aget_state(config)) == ["one"]
+                break
+            except CheckpointStoreUnavailable:
+                assert time.monotonic() < deadline, "the saver never reconnected to Postgres"
+                await asyncio.sleep(0.2)
         await take_turns(graph, config, ["two"])
         assert human_texts(await graph.aget_state(config)) == ["one", "two"]

@@ -14,6 +14,9 @@ late it arrives:
   is unchanged since its read (a warm racing a delete or a repair is dropped).
 - Each entry lists the channels it needs, with their versions; an entry that does not add up
   reads as a miss.
+- Changes are staged: a write travels to Redis alongside its Postgres write, marked pending
+  under a token, and the entry reads as a miss until the token is committed (carried by the
+  writer's next call), so Redis never serves what Postgres may not hold.
 """
 
 from __future__ import annotations
@@ -32,9 +35,25 @@ from redis.backoff import NoBackoff
 from threadline.checkpointers.durable import CheckpointRecord, PreparedCheckpoint, PreparedWrites
 
 ABSENT_GEN = "0"
+# A staged change whose commit never came (its writer died) stops blocking reads after this.
+ABANDONED_SECONDS = 60
 
-_INSTALL = """
+# Every script first applies the commits it carries (ARGV[n] = count, then the tokens).
+_COMMITS = """
+local function commit(k, at)
+  local n = tonumber(ARGV[at])
+  for i = at + 1, at + n do redis.call('HDEL', k, 'p:' .. ARGV[i]) end
+  return at + n + 1
+end
+"""
+
+_INSTALL = (
+    _COMMITS
+    + """
+-- ARGV: ttl, ns, id, parent ('' = full), expected gen ('' = any), head, token, commits...,
+--       then field/value pairs
 local k = KEYS[1]
+local first = commit(k, 8)
 local id = ARGV[3]
 local floor = redis.call('HGET', k, 'floor')
 if floor and id < floor then return 0 end
@@ -45,33 +64,79 @@ if partial and cur ~= ARGV[4] and cur ~= id then return -1 end
 local stale = {}
 for _, f in ipairs(redis.call('HKEYS', k)) do
   local p = string.sub(f, 1, 2)
-  if (p == 'w:' and cur ~= id) or (p == 'c:' and not partial) then stale[#stale + 1] = f end
+  if ((p == 'w:' or p == 'p:') and cur ~= id) or (p == 'c:' and not partial) then
+    stale[#stale + 1] = f
+  end
 end
 if #stale > 0 then redis.call('HDEL', k, unpack(stale)) end
 redis.call('HSET', k, 'id', id, 'floor', id, 'cp', ARGV[6])
-if #ARGV > 6 then redis.call('HSET', k, unpack(ARGV, 7)) end
+if ARGV[7] ~= '' then
+  redis.call('HSET', k, 'p:' .. ARGV[7], id .. '|' .. redis.call('TIME')[1])
+end
+if #ARGV >= first then redis.call('HSET', k, unpack(ARGV, first)) end
 redis.call('PEXPIRE', k, ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 """
+)
 
-_WRITES = """
+_WRITES = (
+    _COMMITS
+    + """
+-- ARGV: ttl, id, upsert, token, commits..., then field/value pairs
 local k = KEYS[1]
+local first = commit(k, 5)
 if redis.call('HGET', k, 'id') ~= ARGV[2] then return 0 end
-if #ARGV >= 5 then
+redis.call('HSET', k, 'p:' .. ARGV[4], ARGV[2] .. '|' .. redis.call('TIME')[1])
+if #ARGV > first then
   if ARGV[3] == '1' then
-    redis.call('HSET', k, unpack(ARGV, 4))
+    redis.call('HSET', k, unpack(ARGV, first))
   else
-    for i = 4, #ARGV, 2 do redis.call('HSETNX', k, ARGV[i], ARGV[i + 1]) end
+    for i = first, #ARGV, 2 do redis.call('HSETNX', k, ARGV[i], ARGV[i + 1]) end
   end
 end
 redis.call('PEXPIRE', k, ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 """
+)
+
+_READ = (
+    _COMMITS
+    + """
+-- ARGV: ttl, abandoned after (s), commits...
+-- Returns {state, fields}: state 0 = readable, 1 = staged change pending, 2 = only
+-- abandoned staged changes.
+local k = KEYS[1]
+commit(k, 3)
+local f = redis.call('HGETALL', k)
+if #f == 0 then return {0, f} end
+redis.call('PEXPIRE', k, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+local now = tonumber(redis.call('TIME')[1])
+local state = 0
+for i = 1, #f, 2 do
+  if string.sub(f[i], 1, 2) == 'p:' then
+    if state == 0 then state = 2 end
+    local since = tonumber(string.match(f[i + 1], '|(%d+)$')) or 0
+    if now - since < tonumber(ARGV[2]) then state = 1 end
+  end
+end
+return {state, f}
+"""
+)
+
+_COMMIT = (
+    _COMMITS
+    + """
+commit(KEYS[1], 1)
+return 1
+"""
+)
 
 _INVALIDATE = """
+-- ARGV: ttl, ns, below ('' = whatever the entry holds), reset floor ('1'), new gen
 local k = KEYS[1]
 local below = ARGV[3]
 local cur = redis.call('HGET', k, 'id')
@@ -91,10 +156,17 @@ return 1
 
 @dataclass(frozen=True)
 class HotRead:
-    """What one read found: the entry's generation and, on a hit, the checkpoint."""
+    """What one read found: the entry's generation and, when it is readable, the checkpoint.
+
+    `pending` means a change is staged in Redis whose Postgres write has not been confirmed:
+    the entry must not be served (nor warmed over); `abandoned` means that change is so old
+    its writer must be gone.
+    """
 
     gen: str
     record: CheckpointRecord | None
+    pending: bool = False
+    abandoned: bool = False
 
 
 def _pack(*items: Any) -> bytes:
@@ -114,13 +186,14 @@ class HotTier:
         prefix: str = "threadline",
     ) -> None:
         self.client = client
-        # Socket timeouts bound each read/connect; this bounds a whole call (connect + I/O).
-        self.timeout_guard = 3 * timeout_seconds + 0.05
+        self.timeout_seconds = timeout_seconds
         self.serde = serde
         self.ttl_ms = max(1, int(ttl_seconds * 1000))
         self.prefix = prefix
         self._install = client.register_script(_INSTALL)
         self._writes = client.register_script(_WRITES)
+        self._read = client.register_script(_READ)
+        self._commit = client.register_script(_COMMIT)
         self._invalidate = client.register_script(_INVALIDATE)
 
     @classmethod
@@ -133,11 +206,17 @@ class HotTier:
         timeout_seconds: float = 0.1,
         prefix: str = "threadline",
     ) -> HotTier:
-        """A client that gives up after `timeout_seconds` and never retries by itself."""
+        """A client that never retries by itself.
+
+        Its socket timeouts are only a backstop: the caller bounds each call by
+        `timeout_seconds` of responsive event loop (see `TieredSaver`), since a socket timeout
+        also fires when the loop, not Redis, was stalled.
+        """
+        backstop = max(1.0, 10 * timeout_seconds)
         client = Redis.from_url(
             url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
+            socket_timeout=backstop,
+            socket_connect_timeout=backstop,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
@@ -162,16 +241,25 @@ class HotTier:
 
     # ------------------------------------------------------------------ reads
 
-    async def read(self, thread_id: str, checkpoint_ns: str) -> HotRead:
-        """The latest checkpoint if the entry holds a complete one; refreshes the idle TTL."""
+    async def read(
+        self, thread_id: str, checkpoint_ns: str, commits: Sequence[str] = ()
+    ) -> HotRead:
+        """The latest checkpoint if the entry holds a complete, committed one; refreshes the
+        idle TTL and applies `commits` first, in the same round trip."""
         entry, index = self.keys(thread_id, checkpoint_ns)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(entry)
-            pipe.pexpire(entry, self.ttl_ms)
-            pipe.pexpire(index, self.ttl_ms)
-            fields, _, _ = await pipe.execute()
+        state, flat = await self._read(
+            keys=[entry, index], args=[self.ttl_ms, ABANDONED_SECONDS, len(commits), *commits]
+        )
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
         gen = fields.get(b"gen", ABSENT_GEN.encode()).decode()
+        if state:
+            return HotRead(gen, None, pending=True, abandoned=state == 2)
         return HotRead(gen, self._decode(thread_id, checkpoint_ns, fields))
+
+    async def commit(self, thread_id: str, checkpoint_ns: str, tokens: Sequence[str]) -> None:
+        """Mark staged changes as durable, so the entry reads as a hit again."""
+        entry, _ = self.keys(thread_id, checkpoint_ns)
+        await self._commit(keys=[entry], args=[len(tokens), *tokens])
 
     def _decode(
         self, thread_id: str, checkpoint_ns: str, fields: dict[bytes, bytes]
@@ -213,16 +301,23 @@ class HotTier:
     def _head(self, skeleton: dict[str, Any], metadata: Any, parent: Any, channels: Any) -> bytes:
         return _pack(*self.serde.dumps_typed([skeleton, metadata, parent, channels]))
 
-    async def put(self, prepared: PreparedCheckpoint) -> bool:
-        """Install a just-stored checkpoint; only its new channel values travel if Redis
-        already holds its parent. False if Redis holds something newer."""
+    async def put(
+        self, prepared: PreparedCheckpoint, token: str = "", commits: Sequence[str] = ()
+    ) -> bool:
+        """Install a checkpoint, staged under `token` until its commit if one is given.
+
+        Only its new channel values travel if Redis already holds its parent. False if Redis
+        holds something newer.
+        """
         changed = prepared.new_blobs()
         head = self._head(
             prepared.skeleton, prepared.metadata, prepared.parent_id, prepared.blob_channels
         )
         if prepared.parent_id:
             fields = [(ch, *value) for ch, value in changed.items()]
-            done = await self._run_install(prepared, head, prepared.parent_id, "", fields)
+            done = await self._run_install(
+                prepared, head, prepared.parent_id, token, commits, fields
+            )
             if done >= 0:
                 return done == 1
         values = prepared.checkpoint["channel_values"]
@@ -235,14 +330,15 @@ class HotTier:
                 full.append(
                     (channel, str(versions[channel]), *self.serde.dumps_typed(values[channel]))
                 )
-        return await self._run_install(prepared, head, "", "", full) == 1
+        return await self._run_install(prepared, head, "", token, commits, full) == 1
 
     async def _run_install(
         self,
         prepared: PreparedCheckpoint,
         head: bytes,
         parent: str,
-        expected_gen: str,
+        token: str,
+        commits: Sequence[str],
         channels: Sequence[tuple[str, str, str, bytes]],
     ) -> int:
         entry, index = self.keys(prepared.thread_id, prepared.checkpoint_ns)
@@ -251,8 +347,11 @@ class HotTier:
             prepared.checkpoint_ns,
             prepared.checkpoint_id,
             parent,
-            expected_gen,
+            "",
             head,
+            token,
+            len(commits),
+            *commits,
         ]
         for channel, version, type_tag, blob in channels:
             args += [b"c:" + channel.encode(), _pack(version, type_tag, blob)]
@@ -270,6 +369,8 @@ class HotTier:
             "",
             expected_gen,
             head,
+            "",
+            0,
         ]
         for channel, (type_tag, blob) in record.blobs.items():
             args += [b"c:" + channel.encode(), _pack(str(versions[channel]), type_tag, blob)]
@@ -280,10 +381,19 @@ class HotTier:
             ]
         return int(await self._install(keys=[entry, index], args=args)) == 1
 
-    async def put_writes(self, prepared: PreparedWrites) -> bool:
-        """Add pending writes to the entry if it holds their checkpoint."""
+    async def put_writes(
+        self, prepared: PreparedWrites, token: str, commits: Sequence[str] = ()
+    ) -> bool:
+        """Stage pending writes under `token` if the entry holds their checkpoint."""
         entry, index = self.keys(prepared.thread_id, prepared.checkpoint_ns)
-        args: list[Any] = [self.ttl_ms, prepared.checkpoint_id, "1" if prepared.upsert else "0"]
+        args: list[Any] = [
+            self.ttl_ms,
+            prepared.checkpoint_id,
+            "1" if prepared.upsert else "0",
+            token,
+            len(commits),
+            *commits,
+        ]
         for _, _, _, task_id, task_path, idx, channel, type_tag, blob in prepared.rows:
             args += [
                 f"w:{task_id}\0{idx}".encode(),

@@ -1,8 +1,10 @@
 """`TieredSaver`: Redis for the latest state of active threads, Postgres as the source of truth.
 
-Writes go to Postgres first (a returned `aput` is durable), then to Redis. Latest-state reads
-come from Redis in one round trip; on a miss from Postgres, which then warms Redis. Older
-checkpoints, listings and history always come from Postgres.
+A write goes to Postgres and, staged, to Redis at the same time; it returns once Postgres has
+it (a returned `aput` is durable) and Redis has the staged copy, which the next call commits.
+Latest-state reads come from Redis in one round trip; on a miss, or while a change is staged,
+from Postgres, which then warms Redis. Older checkpoints, listings and history always come
+from Postgres.
 
 Redis trouble never fails an operation. Each Redis call is bounded by a short timeout; a
 failure opens a breaker for `redis_retry_seconds`, during which Redis is skipped. A Postgres
@@ -20,8 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -38,6 +41,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from threadline.checkpointers.durable import (
     CheckpointStoreUnavailable,
@@ -72,6 +76,10 @@ JOURNAL_DELETE_SQL = """
 DELETE FROM threadline_hot_invalid WHERE thread_id = %s AND checkpoint_ns = %s AND below = %s"""
 
 REDIS_FAULTS = (RedisError, OSError, asyncio.TimeoutError)
+# A Redis wait is measured in this many slices, to tell a slow Redis from a stalled loop.
+WAIT_SLICES = 4
+# How long a staged change may wait for the writer's next call to carry its commit.
+COMMIT_DELAY_SECONDS = 0.005
 POSTGRES_FAULTS = (psycopg.Error, CheckpointStoreUnavailable)
 
 Key = tuple[str, str]
@@ -106,6 +114,8 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeping = False
         self._repairs: dict[Key, asyncio.Lock] = {}
+        # Tokens of staged Redis changes whose Postgres write succeeded, not yet committed.
+        self._uncommitted: dict[Key, list[str]] = {}
 
     @classmethod
     @asynccontextmanager
@@ -202,9 +212,30 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         return True
 
     async def _redis(self, call: Any) -> Any:
-        """Await a Redis call under a hard deadline on top of the socket timeouts."""
-        async with asyncio.timeout(self.hot.timeout_guard):
-            return await call
+        """Await a Redis call for at most the Redis timeout of responsive event loop.
+
+        The wait runs in slices and a slice counts for no more than its length: when the
+        loop itself stalls (a synchronous node, a slow import), Redis is not blamed for it.
+        """
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(call)
+        budget = self.hot.timeout_seconds
+        step = budget / WAIT_SLICES
+        waited = 0.0
+        try:
+            while waited < budget:
+                started = loop.time()
+                done, _ = await asyncio.wait((task,), timeout=step)
+                if done:
+                    return task.result()
+                waited += min(loop.time() - started, step)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        task.cancel()
+        with suppress(asyncio.CancelledError, *REDIS_FAULTS):
+            await task
+        raise RedisTimeoutError(f"no answer from Redis within {budget:g}s")
 
     # ------------------------------------------------------ suspects and journal
 
@@ -329,16 +360,22 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         checkpoint_ns = configurable.get("checkpoint_ns", "")
+        key = (thread_id, checkpoint_ns)
         gen: str | None = None
         if await self._hot_ready(thread_id, checkpoint_ns):
+            commits = self._uncommitted.pop(key, [])
             try:
-                found = await self._redis(self.hot.read(thread_id, checkpoint_ns))
+                found = await self._redis(self.hot.read(thread_id, checkpoint_ns, commits))
             except REDIS_FAULTS as exc:
+                self._keep_uncommitted(key, commits)
                 self._redis_failed(exc)
             else:
                 if found.record is not None:
                     return self.durable.to_tuple(found.record)
-                gen = found.gen
+                if found.abandoned:
+                    self._spawn(self._drop_abandoned(key))
+                if not found.pending:
+                    gen = found.gen
         record = await self.durable.fetch_record(thread_id, checkpoint_ns, None)
         if record is None:
             return None
@@ -375,12 +412,11 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         prepared = self.durable.prepare_put(config, checkpoint, metadata, new_versions)
-        key = (prepared.thread_id, prepared.checkpoint_ns)
         await self._write(
-            key,
+            (prepared.thread_id, prepared.checkpoint_ns),
             prepared.checkpoint_id,
             lambda also: self.durable.write_checkpoint(prepared, also),
-            lambda: self.hot.put(prepared),
+            lambda token, commits: self.hot.put(prepared, token, commits),
         )
         return prepared.next_config
 
@@ -396,22 +432,68 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             (prepared.thread_id, prepared.checkpoint_ns),
             prepared.checkpoint_id,
             lambda also: self.durable.write_writes(prepared, also),
-            lambda: self.hot.put_writes(prepared),
+            lambda token, commits: self.hot.put_writes(prepared, token, commits),
         )
 
     async def _write(self, key: Key, checkpoint_id: str, durable: Any, hot: Any) -> None:
-        """Postgres first (journalling in the same transaction if Redis is out), then Redis."""
-        ready = await self._hot_ready(*key)
-        also: Iterable[Statement] = () if ready else self._journal_statements(key, checkpoint_id)
-        await durable(also)
-        if not ready:
+        """Postgres and a staged Redis copy at once; commit the copy only if Postgres has it.
+
+        With Redis out, Postgres alone, journalling the entry as suspect in the same
+        transaction.
+        """
+        if not await self._hot_ready(*key):
+            await durable(self._journal_statements(key, checkpoint_id))
             self._suspect(key, checkpoint_id)
             return
+        token = os.urandom(8).hex()
+        commits = self._uncommitted.pop(key, [])
+        outcomes: tuple[Any, Any] = await asyncio.gather(
+            durable(()), self._redis(hot(token, commits)), return_exceptions=True
+        )
+        stored, staged = outcomes
+        redis_fault = isinstance(staged, BaseException)
+        if redis_fault:
+            self._keep_uncommitted(key, commits)
+        if isinstance(stored, BaseException):
+            if not redis_fault:
+                # Never committed, the staged copy is unreadable; drop it to keep reads hot.
+                self._spawn(self._invalidate_quietly(key, checkpoint_id))
+            raise stored
+        if redis_fault:
+            if not isinstance(staged, REDIS_FAULTS):
+                raise staged
+            self._redis_failed(staged)
+            await self._journal(key, checkpoint_id)
+            return
+        self._keep_uncommitted(key, [token])
+        self._spawn(self._commit_soon(key))
+
+    def _keep_uncommitted(self, key: Key, tokens: list[str]) -> None:
+        if tokens:
+            self._uncommitted.setdefault(key, []).extend(tokens)
+
+    async def _commit_soon(self, key: Key) -> None:
+        """Commit staged changes unless the writer's next call has carried them already."""
+        await asyncio.sleep(COMMIT_DELAY_SECONDS)
+        tokens = self._uncommitted.pop(key, [])
+        if not tokens or time.monotonic() < self._redis_retry_at:
+            self._keep_uncommitted(key, tokens)
+            return
         try:
-            await self._redis(hot())
+            await self._redis(self.hot.commit(*key, tokens))
+        except REDIS_FAULTS as exc:
+            self._keep_uncommitted(key, tokens)
+            self._redis_failed(exc)
+
+    async def _invalidate_quietly(self, key: Key, below: str) -> None:
+        try:
+            await self._redis(self.hot.invalidate(*key, below=below))
         except REDIS_FAULTS as exc:
             self._redis_failed(exc)
-            await self._journal(key, checkpoint_id)
+
+    async def _drop_abandoned(self, key: Key) -> None:
+        """A staged change nobody committed for minutes: its writer died; start afresh."""
+        await self._invalidate_quietly(key, "")
 
     # ------------------------------------------------------------------ deletion
 
