@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 
+import psycopg
 import pytest
 import redis
 from langgraph.checkpoint.base import empty_checkpoint
@@ -175,3 +176,24 @@ async def test_settings_select_the_tiered_and_durable_savers(postgres_db_url, pl
             config = thread_config(kind)
             await take_turns(graph, config, ["hello"])
             assert human_texts(await graph.aget_state(config)) == ["hello"]
+
+
+async def test_a_stalled_event_loop_is_not_taken_for_a_redis_outage(open_tiered, postgres_db_url):
+    """A synchronous node blocking the loop past the Redis timeout must not trip the breaker
+    (which would journal the thread and send its reads to Postgres)."""
+    async with open_tiered(redis_timeout_seconds=0.05) as saver:
+        graph = offline_agent(saver)
+        config = thread_config("stall")
+        await take_turns(graph, config, ["one"])
+
+        async def stall() -> None:
+            await asyncio.sleep(0)
+            time.sleep(0.3)  # the loop is stuck while the turn waits on Redis
+
+        await asyncio.gather(take_turns(graph, config, ["two"]), stall())
+        with psycopg.connect(postgres_db_url) as conn:
+            journalled = conn.execute("SELECT count(*) FROM threadline_hot_invalid").fetchone()
+        assert journalled == (0,)
+        await asyncio.sleep(0.05)
+        erase_thread_rows(postgres_db_url, config["configurable"]["thread_id"])
+        assert human_texts(await graph.aget_state(config)) == ["one", "two"]

@@ -24,9 +24,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from langchain_core.runnables import RunnableConfig
@@ -76,13 +76,14 @@ JOURNAL_DELETE_SQL = """
 DELETE FROM threadline_hot_invalid WHERE thread_id = %s AND checkpoint_ns = %s AND below = %s"""
 
 REDIS_FAULTS = (RedisError, OSError, asyncio.TimeoutError)
-# A Redis wait is measured in this many slices, to tell a slow Redis from a stalled loop.
-WAIT_SLICES = 4
+# Retries of a Redis call whose deadline fired late because the event loop had stalled.
+STALL_RETRIES = 2
 # How long a staged change may wait for the writer's next call to carry its commit.
 COMMIT_DELAY_SECONDS = 0.005
 POSTGRES_FAULTS = (psycopg.Error, CheckpointStoreUnavailable)
 
 Key = tuple[str, str]
+T = TypeVar("T")
 
 
 def _merge_below(old: str | None, new: str) -> str:
@@ -116,6 +117,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         self._repairs: dict[Key, asyncio.Lock] = {}
         # Tokens of staged Redis changes whose Postgres write succeeded, not yet committed.
         self._uncommitted: dict[Key, list[str]] = {}
+        self._commit_due: set[Key] = set()
 
     @classmethod
     @asynccontextmanager
@@ -211,30 +213,22 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
                 return False
         return True
 
-    async def _redis(self, call: Any) -> Any:
-        """Await a Redis call for at most the Redis timeout of responsive event loop.
+    async def _redis(self, make_call: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis call under the Redis timeout.
 
-        The wait runs in slices and a slice counts for no more than its length: when the
-        loop itself stalls (a synchronous node, a slow import), Redis is not blamed for it.
+        A deadline that fires late means the event loop itself stalled (a synchronous node,
+        a slow import), not Redis: the call is then retried instead of declaring Redis down.
         """
         loop = asyncio.get_running_loop()
-        task = asyncio.ensure_future(call)
         budget = self.hot.timeout_seconds
-        step = budget / WAIT_SLICES
-        waited = 0.0
-        try:
-            while waited < budget:
-                started = loop.time()
-                done, _ = await asyncio.wait((task,), timeout=step)
-                if done:
-                    return task.result()
-                waited += min(loop.time() - started, step)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        task.cancel()
-        with suppress(asyncio.CancelledError, *REDIS_FAULTS):
-            await task
+        for _ in range(STALL_RETRIES + 1):
+            started = loop.time()
+            try:
+                async with asyncio.timeout(budget):
+                    return await make_call()
+            except TimeoutError:
+                if loop.time() - started < budget * 1.5:
+                    break
         raise RedisTimeoutError(f"no answer from Redis within {budget:g}s")
 
     # ------------------------------------------------------ suspects and journal
@@ -308,10 +302,10 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         thread_id, checkpoint_ns = key
         try:
             if checkpoint_ns == WHOLE_THREAD:
-                await self._redis(self.hot.invalidate_thread(thread_id))
+                await self._redis(lambda: self.hot.invalidate_thread(thread_id))
             else:
                 await self._redis(
-                    self.hot.invalidate(thread_id, checkpoint_ns, below=below or None)
+                    lambda: self.hot.invalidate(thread_id, checkpoint_ns, below=below or None)
                 )
         except REDIS_FAULTS as exc:
             self._redis_failed(exc)
@@ -343,10 +337,15 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         if await self._hot_ready(thread_id, checkpoint_ns):
             try:
                 if checkpoint_ns == WHOLE_THREAD:
-                    call = self.hot.invalidate_thread(thread_id, reset_floor=reset_floor)
+                    await self._redis(
+                        lambda: self.hot.invalidate_thread(thread_id, reset_floor=reset_floor)
+                    )
                 else:
-                    call = self.hot.invalidate(thread_id, checkpoint_ns, reset_floor=reset_floor)
-                await self._redis(call)
+                    await self._redis(
+                        lambda: self.hot.invalidate(
+                            thread_id, checkpoint_ns, reset_floor=reset_floor
+                        )
+                    )
                 return
             except REDIS_FAULTS as exc:
                 self._redis_failed(exc)
@@ -365,7 +364,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         if await self._hot_ready(thread_id, checkpoint_ns):
             commits = self._uncommitted.pop(key, [])
             try:
-                found = await self._redis(self.hot.read(thread_id, checkpoint_ns, commits))
+                found = await self._redis(lambda: self.hot.read(thread_id, checkpoint_ns, commits))
             except REDIS_FAULTS as exc:
                 self._keep_uncommitted(key, commits)
                 self._redis_failed(exc)
@@ -381,7 +380,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             return None
         if gen is not None and record.skeleton.get("v", 0) >= 4:
             try:
-                await self._redis(self.hot.warm(record, gen))
+                await self._redis(lambda: self.hot.warm(record, gen))
             except REDIS_FAULTS as exc:
                 self._redis_failed(exc)
         return self.durable.to_tuple(record)
@@ -447,26 +446,27 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             return
         token = os.urandom(8).hex()
         commits = self._uncommitted.pop(key, [])
-        outcomes: tuple[Any, Any] = await asyncio.gather(
-            durable(()), self._redis(hot(token, commits)), return_exceptions=True
-        )
-        stored, staged = outcomes
-        redis_fault = isinstance(staged, BaseException)
-        if redis_fault:
+        staging = asyncio.ensure_future(self._redis(lambda: hot(token, commits)))
+        try:
+            await durable(())
+        except BaseException:
+            staging.cancel()  # if it got through, it stays pending: never served
+            with suppress(asyncio.CancelledError, *REDIS_FAULTS):
+                await staging
             self._keep_uncommitted(key, commits)
-        if isinstance(stored, BaseException):
-            if not redis_fault:
-                # Never committed, the staged copy is unreadable; drop it to keep reads hot.
-                self._spawn(self._invalidate_quietly(key, checkpoint_id))
-            raise stored
-        if redis_fault:
-            if not isinstance(staged, REDIS_FAULTS):
-                raise staged
-            self._redis_failed(staged)
+            self._spawn(self._invalidate_quietly(key, checkpoint_id))
+            raise
+        try:
+            await staging
+        except REDIS_FAULTS as exc:
+            self._keep_uncommitted(key, commits)
+            self._redis_failed(exc)
             await self._journal(key, checkpoint_id)
             return
         self._keep_uncommitted(key, [token])
-        self._spawn(self._commit_soon(key))
+        if key not in self._commit_due:
+            self._commit_due.add(key)
+            self._spawn(self._commit_soon(key))
 
     def _keep_uncommitted(self, key: Key, tokens: list[str]) -> None:
         if tokens:
@@ -475,19 +475,20 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
     async def _commit_soon(self, key: Key) -> None:
         """Commit staged changes unless the writer's next call has carried them already."""
         await asyncio.sleep(COMMIT_DELAY_SECONDS)
+        self._commit_due.discard(key)
         tokens = self._uncommitted.pop(key, [])
         if not tokens or time.monotonic() < self._redis_retry_at:
             self._keep_uncommitted(key, tokens)
             return
         try:
-            await self._redis(self.hot.commit(*key, tokens))
+            await self._redis(lambda: self.hot.commit(*key, tokens))
         except REDIS_FAULTS as exc:
             self._keep_uncommitted(key, tokens)
             self._redis_failed(exc)
 
     async def _invalidate_quietly(self, key: Key, below: str) -> None:
         try:
-            await self._redis(self.hot.invalidate(*key, below=below))
+            await self._redis(lambda: self.hot.invalidate(*key, below=below))
         except REDIS_FAULTS as exc:
             self._redis_failed(exc)
 
