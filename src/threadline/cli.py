@@ -11,7 +11,6 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from langchain_core.messages import BaseMessage, HumanMessage
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -48,11 +47,7 @@ def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
 def load_settings() -> Settings:
     """Settings from the environment, checked; a bad one ends the command with one line."""
     try:
-        return Settings().check()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise fail(f"THREADLINE_{field.upper()}: {first['msg']}") from None
+        return Settings.from_env().check()
     except SettingsError as exc:
         raise fail(str(exc)) from None
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CheckpointerKind = Literal["memory", "sqlite", "postgres", "redis", "tiered"]
@@ -74,6 +74,16 @@ class Settings(BaseSettings):
         if value == FAKE_MODEL or (value.startswith("openai:") and len(value) > len("openai:")):
             return value
         raise ValueError("must be `fake` or `openai:<model-name>`")
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """`Settings()`, with a malformed variable reported as one `SettingsError` line."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise SettingsError(f"THREADLINE_{field.upper()}: {first['msg']}") from None
 
     @property
     def model_name(self) -> str:

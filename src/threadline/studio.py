@@ -24,7 +24,7 @@ MOUNT_PATH = "/threadline"
 @asynccontextmanager
 async def checkpointer() -> AsyncIterator[BaseCheckpointSaver]:
     """The configured saver; a bad setting stops `langgraph dev` with one line, not a 500 later."""
-    async with open_checkpointer(Settings().check()) as saver:
+    async with open_checkpointer(Settings.from_env().check()) as saver:
         yield saver
 
 
@@ -33,7 +33,7 @@ def make_studio_app(settings: Settings | None = None) -> FastAPI:
 
     Starlette never runs a mounted app's lifespan, so the outer app enters it explicitly.
     """
-    threadline_app = create_app(settings or Settings())
+    threadline_app = create_app(settings or Settings.from_env())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -39,7 +39,7 @@ def build_graph(
     `model` may be a chat model or a zero-argument factory; either way it is only created when
     the first turn needs it.
     """
-    settings = settings or Settings()
+    settings = settings or Settings.from_env()
     model_factory: Callable[[], BaseChatModel]
     if model is None:
         model_factory = lambda: make_chat_model(settings)  # noqa: E731

@@ -47,7 +47,7 @@ async def _probe(check: Awaitable[Any]) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The HTTP app. Saver and locks live exactly as long as the app's lifespan."""
-    settings = (settings or Settings()).check()
+    settings = (settings or Settings.from_env()).check()
     api_keys = ApiKeys.parse(settings.api_keys)
     graph = make_graph(settings=settings)
     agent = ServedAgent(graph)
