@@ -78,6 +78,9 @@ DELETE FROM threadline_hot_invalid WHERE thread_id = %s AND checkpoint_ns = %s A
 REDIS_FAULTS = (RedisError, OSError, asyncio.TimeoutError)
 # Retries of a Redis call whose deadline fired late because the event loop had stalled.
 STALL_RETRIES = 2
+# The Redis deadline grows by this many times the event loop's current lag.
+LAG_ALLOWANCE = 3
+LAG_PROBE_SECONDS = 0.02
 # How long a staged change may wait for the writer's next call to carry its commit.
 COMMIT_DELAY_SECONDS = 0.005
 POSTGRES_FAULTS = (psycopg.Error, CheckpointStoreUnavailable)
@@ -118,6 +121,8 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         # Tokens of staged Redis changes whose Postgres write succeeded, not yet committed.
         self._uncommitted: dict[Key, list[str]] = {}
         self._commit_due: set[Key] = set()
+        self._loop_lag = 0.0
+        self._spawn(self._watch_loop_lag())
 
     @classmethod
     @asynccontextmanager
@@ -164,6 +169,15 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         await self.durable.setup()
         async with self.durable._cursor() as cur:
             await cur.execute(JOURNAL_MIGRATION)
+
+    async def _watch_loop_lag(self) -> None:
+        """Track how late this event loop runs callbacks (a decaying peak)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            lag = loop.time() - started - LAG_PROBE_SECONDS
+            self._loop_lag = max(lag, self._loop_lag * 0.9)
 
     def follow_journal(self, postgres_url: str) -> None:
         """Listen for other replicas' invalidations (NOTIFY) for as long as the saver lives."""
@@ -214,13 +228,14 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         return True
 
     async def _redis(self, make_call: Callable[[], Awaitable[T]]) -> T:
-        """Run a Redis call under the Redis timeout.
+        """Run a Redis call under the Redis timeout, plus what the event loop is lagging.
 
-        A deadline that fires late means the event loop itself stalled (a synchronous node,
-        a slow import), not Redis: the call is then retried instead of declaring Redis down.
+        A busy loop delays replies that have long arrived, and a deadline that fires late
+        means the loop stalled (a synchronous node, a slow import): neither is Redis being
+        slow, so the first stretches the deadline and the second retries the call.
         """
         loop = asyncio.get_running_loop()
-        budget = self.hot.timeout_seconds
+        budget = self.hot.timeout_seconds + LAG_ALLOWANCE * self._loop_lag
         for _ in range(STALL_RETRIES + 1):
             started = loop.time()
             try:
