@@ -197,3 +197,12 @@ async def test_a_stalled_event_loop_is_not_taken_for_a_redis_outage(open_tiered,
         await asyncio.sleep(0.05)
         erase_thread_rows(postgres_db_url, config["configurable"]["thread_id"])
         assert human_texts(await graph.aget_state(config)) == ["one", "two"]
+
+
+async def test_staged_changes_are_committed_before_the_saver_closes(open_tiered, postgres_db_url):
+    config = thread_config("close")
+    async with open_tiered() as writer:
+        await take_turns(offline_agent(writer), config, ["one", "two"])
+    erase_thread_rows(postgres_db_url, config["configurable"]["thread_id"])
+    async with open_tiered() as reader:
+        assert human_texts(await offline_agent(reader).aget_state(config)) == ["one", "two"]

@@ -184,6 +184,9 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         self._spawn(self._listen(postgres_url))
 
     async def aclose(self) -> None:
+        """Commit what is still staged (else other replicas read around it for a while)."""
+        for key in list(self._uncommitted):
+            await self._commit_now(key)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -491,6 +494,9 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         """Commit staged changes unless the writer's next call has carried them already."""
         await asyncio.sleep(COMMIT_DELAY_SECONDS)
         self._commit_due.discard(key)
+        await self._commit_now(key)
+
+    async def _commit_now(self, key: Key) -> None:
         tokens = self._uncommitted.pop(key, [])
         if not tokens or time.monotonic() < self._redis_retry_at:
             self._keep_uncommitted(key, tokens)
