@@ -208,15 +208,14 @@ class HotTier:
     ) -> HotTier:
         """A client that never retries by itself.
 
-        Its socket timeouts are only a backstop: the caller bounds each call by
-        `timeout_seconds` of responsive event loop (see `TieredSaver`), since a socket timeout
-        also fires when the loop, not Redis, was stalled.
+        It has no socket timeouts of its own: `TieredSaver` bounds every call by
+        `timeout_seconds` measured against its event loop's lag, since a socket timeout also
+        fires when the loop, not Redis, is what runs late.
         """
-        backstop = max(1.0, 10 * timeout_seconds)
         client = Redis.from_url(
             url,
-            socket_timeout=backstop,
-            socket_connect_timeout=backstop,
+            socket_timeout=None,
+            socket_connect_timeout=None,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )

@@ -235,19 +235,24 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
 
         A busy loop delays replies that have long arrived, and a deadline that fires late
         means the loop stalled (a synchronous node, a slow import): neither is Redis being
-        slow, so the first stretches the deadline and the second retries the call.
+        slow. When either shows at the deadline, the call is retried (every Redis call here
+        is idempotent) rather than Redis declared down.
         """
         loop = asyncio.get_running_loop()
-        budget = self.hot.timeout_seconds + LAG_ALLOWANCE * self._loop_lag
         for _ in range(STALL_RETRIES + 1):
+            budget = self._redis_budget()
             started = loop.time()
             try:
                 async with asyncio.timeout(budget):
                     return await make_call()
             except TimeoutError:
-                if loop.time() - started < budget * 1.5:
+                elapsed = loop.time() - started
+                if elapsed < budget * 1.5 and self._redis_budget() <= budget:
                     break
         raise RedisTimeoutError(f"no answer from Redis within {budget:g}s")
+
+    def _redis_budget(self) -> float:
+        return self.hot.timeout_seconds + LAG_ALLOWANCE * self._loop_lag
 
     # ------------------------------------------------------ suspects and journal
 
