@@ -1,0 +1,254 @@
+"""Long-thread benchmark: per-turn latency and bytes per thread as a thread grows.
+
+    .venv/bin/python -m bench.long_threads            # lengths 10, 100, 1000, 5000
+    .venv/bin/python -m bench.long_threads --quick    # lengths 10, 100, 1000
+
+Every subject runs the same conversation (the threadline agent with the offline model, ~200
+characters of text per message) in one process against the same throwaway Postgres and Redis:
+
+- threadline on its `postgres` and `tiered` backends, turns run as the server runs them;
+- the same agent graph on the stock `AsyncPostgresSaver`;
+- the classic `RunnableWithMessageHistory` + `PostgresChatMessageHistory` (one row per message).
+
+A thread grows by real turns to each length, then ten more turns are timed (median ms). Bytes
+per thread are the on-disk size of every row of that thread (`pg_column_size`, so TOAST
+compression counts as it does on disk) plus, for tiered, the Redis memory of its keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import psycopg
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+from bench.common import BenchServices, bench_services, median, render_table
+from threadline.checkpointers import open_checkpointer
+from threadline.checkpointers.factory import open_postgres_pool
+from threadline.graph import make_graph
+from threadline.graph.models import OfflineChatModel
+from threadline.settings import Settings
+
+LENGTHS = (10, 100, 1000, 5000)
+TIMED_TURNS = 10
+SERVED_DURABILITY = "exit"  # how threadline's server runs a turn: one checkpoint, at its end
+CHECKPOINT_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+HISTORY_TABLE = "chat_history"
+_WORDS = " ".join(
+    [
+        "the of and to in is you that it was for on are as with they at be this have from",
+        "or one had by word but not what all were we when your can said there use each",
+        "which she do how their if will up other about out many then them these so some",
+        "her would make like him into time has look two more write go see number way",
+        "could people than first water been call who oil now find long down day did get",
+        "come made may part honey bees hive garden",
+    ]
+).split()
+
+Turn = Callable[[str], Awaitable[object]]
+
+
+@dataclass
+class Subject:
+    """One way of keeping a conversation: how to take a turn and how to weigh a thread."""
+
+    name: str
+    turn: Turn
+    weigh: Callable[[], Awaitable[int]]
+
+
+def sentence(rng: random.Random, chars: int = 200) -> str:
+    """Ordinary words, so compression behaves as it would on real chat text."""
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < chars:
+        words.append(rng.choice(_WORDS))
+    return " ".join(words)[:chars]
+
+
+async def rows_bytes(url: str, tables: tuple[str, ...], column: str, key: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        total = 0
+        for table in tables:
+            cursor = await conn.execute(
+                f"SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM {table} t WHERE {column} = %s",
+                (key,),
+            )
+            row = await cursor.fetchone()
+            total += int(row[0]) if row else 0
+        return total
+
+
+async def redis_bytes(url: str, thread_id: str) -> int:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        total = 0
+        async for key in client.scan_iter(match=f"*{thread_id}*", count=1000):
+            total += int(await client.memory_usage(key) or 0)
+        return total
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def threadline_subject(kind: str, services: BenchServices) -> AsyncIterator[Subject]:
+    settings = Settings(
+        model="fake",
+        checkpointer=kind,  # type: ignore[arg-type]
+        postgres_url=services.postgres_url,  # type: ignore[arg-type]
+        redis_url=services.plain_redis_url,  # type: ignore[arg-type]
+    )
+    thread_id = f"long-{kind}-{uuid.uuid4().hex[:8]}"
+    config = {"configurable": {"thread_id": thread_id}}
+    async with open_checkpointer(settings) as saver:
+        graph = make_graph(saver, settings)
+
+        async def turn(text: str) -> object:
+            return await graph.ainvoke(
+                {"messages": [HumanMessage(text)]}, config, durability=SERVED_DURABILITY
+            )
+
+        async def weigh() -> int:
+            size = await rows_bytes(
+                services.postgres_url, CHECKPOINT_TABLES, "thread_id", thread_id
+            )
+            if kind == "tiered":
+                size += await redis_bytes(services.plain_redis_url, thread_id)
+            return size
+
+        yield Subject(f"threadline {kind}", turn, weigh)
+
+
+@asynccontextmanager
+async def stock_postgres_subject(services: BenchServices) -> AsyncIterator[Subject]:
+    settings = Settings(model="fake")
+    thread_id = f"long-stock-{uuid.uuid4().hex[:8]}"
+    config = {"configurable": {"thread_id": thread_id}}
+    async with open_postgres_pool(services.postgres_url, 10) as pool:
+        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        await saver.setup()
+        graph = make_graph(saver, settings)
+
+        async def turn(text: str) -> object:
+            return await graph.ainvoke({"messages": [HumanMessage(text)]}, config)
+
+        async def weigh() -> int:
+            return await rows_bytes(
+                services.postgres_url, CHECKPOINT_TABLES, "thread_id", thread_id
+            )
+
+        yield Subject("stock AsyncPostgresSaver", turn, weigh)
+
+
+@asynccontextmanager
+async def message_history_subject(services: BenchServices) -> AsyncIterator[Subject]:
+    from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+    from langchain_core.runnables.history import RunnableWithMessageHistory
+    from langchain_postgres import PostgresChatMessageHistory
+
+    session_id = str(uuid.uuid4())
+    async with await psycopg.AsyncConnection.connect(
+        services.postgres_url, autocommit=True
+    ) as conn:
+        await PostgresChatMessageHistory.acreate_tables(conn, HISTORY_TABLE)
+        prompt = ChatPromptTemplate.from_messages(
+            [
+                ("system", "You are a helpful assistant."),
+                MessagesPlaceholder("history"),
+                ("human", "{input}"),
+            ]
+        )
+        chain = RunnableWithMessageHistory(
+            prompt | OfflineChatModel(),  # type: ignore[arg-type]
+            lambda sid: PostgresChatMessageHistory(HISTORY_TABLE, sid, async_connection=conn),
+            input_messages_key="input",
+            history_messages_key="history",
+        )
+        config = {"configurable": {"session_id": session_id}}
+
+        async def turn(text: str) -> object:
+            return await chain.ainvoke({"input": text}, config)  # type: ignore[arg-type]
+
+        async def weigh() -> int:
+            return await rows_bytes(
+                services.postgres_url, (HISTORY_TABLE,), "session_id", session_id
+            )
+
+        yield Subject("RunnableWithMessageHistory + PostgresChatMessageHistory", turn, weigh)
+
+
+async def measure(subject: Subject, lengths: tuple[int, ...]) -> dict[int, tuple[float, int]]:
+    """{length: (median ms of the turns that follow it, bytes after them)}; a turn adds two."""
+    rng = random.Random(7)
+    results: dict[int, tuple[float, int]] = {}
+    messages = 0
+    for length in lengths:
+        while messages < length:
+            await subject.turn(sentence(rng))
+            messages += 2
+        times = []
+        for _ in range(TIMED_TURNS):
+            start = time.perf_counter()
+            await subject.turn(sentence(rng))
+            times.append((time.perf_counter() - start) * 1000)
+            messages += 2
+        results[length] = (median(times), await subject.weigh())
+        print(
+            f"  {subject.name}: {messages} messages, {results[length][0]:.1f} ms/turn, "
+            f"{results[length][1] / 1024:.0f} KiB",
+            flush=True,
+        )
+    return results
+
+
+async def main(lengths: tuple[int, ...]) -> None:
+    with bench_services() as services:
+        subjects = [
+            lambda: threadline_subject("postgres", services),
+            lambda: threadline_subject("tiered", services),
+            lambda: stock_postgres_subject(services),
+            lambda: message_history_subject(services),
+        ]
+        table: dict[str, dict[int, tuple[float, int]]] = {}
+        for open_subject in subjects:
+            async with open_subject() as subject:
+                table[subject.name] = await measure(subject, lengths)
+
+    baseline = table["RunnableWithMessageHistory + PostgresChatMessageHistory"]
+    headers = [
+        "subject",
+        *(f"ms/turn @{n}" for n in lengths),
+        f"@{lengths[-1]} / @10",
+        *(f"KiB @{n}" for n in lengths),
+        f"bytes vs history @{lengths[-1]}",
+    ]
+    rows = []
+    for name, results in table.items():
+        first, last = results[lengths[0]][0], results[lengths[-1]][0]
+        rows.append(
+            [
+                name,
+                *(f"{results[n][0]:.1f}" for n in lengths),
+                f"{last / first:.2f}x",
+                *(f"{results[n][1] / 1024:.0f}" for n in lengths),
+                f"{results[lengths[-1]][1] / baseline[lengths[-1]][1]:.2f}x",
+            ]
+        )
+    print()
+    print(render_table(headers, rows))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="lengths 10, 100, 1000 only")
+    args = parser.parse_args()
+    asyncio.run(main(LENGTHS[:3] if args.quick else LENGTHS))
