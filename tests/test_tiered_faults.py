@@ -21,7 +21,7 @@ from tests.fixtures.checkpointers import (
     thread_config,
 )
 from threadline.checkpointers.durable import CheckpointStoreUnavailable
-from threadline.checkpointers.tiered import TieredSaver
+from threadline.checkpointers.tiered import COMMIT_DELAY_SECONDS, TieredSaver
 
 RETRY = 0.2  # breaker cool-down, short so the drills stay fast
 WRITER_RETRY = 1.5  # long enough to stay open through five frozen turns
@@ -41,7 +41,7 @@ def hot_checkpoint_id(saver: TieredSaver, redis_url: str, thread_id: str) -> str
 
 async def assert_served_hot(graph: Any, config: dict[str, Any], db_url: str, texts: list[str]):
     """With the thread's rows gone from Postgres, only Redis can still answer."""
-    await asyncio.sleep(0.05)  # the writer commits its last staged change within milliseconds
+    await asyncio.sleep(COMMIT_DELAY_SECONDS + 0.05)  # the writer commits its last change
     erase_thread_rows(db_url, config["configurable"]["thread_id"])
     assert human_texts(await graph.aget_state(config)) == texts
 

@@ -81,8 +81,9 @@ STALL_RETRIES = 2
 # The Redis deadline grows by this many times the event loop's current lag.
 LAG_ALLOWANCE = 3
 LAG_PROBE_SECONDS = 0.02
-# How long a staged change may wait for the writer's next call to carry its commit.
-COMMIT_DELAY_SECONDS = 0.005
+# How long a staged change may wait for the writer's next call to carry its commit (other
+# replicas read such an entry from Postgres meanwhile).
+COMMIT_DELAY_SECONDS = 0.25
 POSTGRES_FAULTS = (psycopg.Error, CheckpointStoreUnavailable)
 
 Key = tuple[str, str]
