@@ -1,10 +1,12 @@
 """`TieredSaver`: Redis for the latest state of active threads, Postgres as the source of truth.
 
 A write goes to Postgres and, staged, to Redis at the same time; it returns once Postgres has
-it (a returned `aput` is durable) and Redis has the staged copy, which the next call commits.
-Latest-state reads come from Redis in one round trip; on a miss, or while a change is staged,
-from Postgres, which then warms Redis. Older checkpoints, listings and history always come
-from Postgres.
+it (a returned `aput` is durable) and Redis has the staged copy. The writer's next Redis call
+on that thread commits the copy (or a timer, after `COMMIT_DELAY_SECONDS`); until then other
+replicas read that thread from Postgres, so Redis never serves what Postgres may not hold.
+Latest-state reads come from Redis in one round trip; on a miss from Postgres, which then
+warms Redis. Older checkpoints, listings and history always come from Postgres. Each saver
+keeps one extra Postgres connection to LISTEN for other replicas' invalidations.
 
 Redis trouble never fails an operation. Each Redis call is bounded by a short timeout; a
 failure opens a breaker for `redis_retry_seconds`, during which Redis is skipped. A Postgres
