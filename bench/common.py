@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import multiprocessing
-import queue
 import shutil
 import socket
 import statistics
 import tempfile
-import threading
 import time
+from asyncio import StreamReader, StreamWriter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from threadline.services import PostgresServer, RedisServer, free_port
 
@@ -91,15 +91,16 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
 
 @contextmanager
 def latency_proxy(target_port: int, rtt_ms: float) -> Iterator[int]:
-    """A loopback TCP proxy to `target_port` that delays each direction by half of `rtt_ms`.
+    """A loopback TCP proxy to `target_port` adding `rtt_ms` to every round trip.
 
-    It runs in its own process (threads, not asyncio, for sub-millisecond delays), so the
-    process under measurement pays nothing for it but the latency.
+    It runs in its own process with its own event loop, delaying server-to-client data (the
+    whole round trip's worth, so requests go out at once); asyncio timers round the delay up
+    to the next millisecond.
     """
     port = free_port()
     ready = multiprocessing.Event()
     proc = multiprocessing.Process(
-        target=_proxy_main, args=(port, target_port, rtt_ms / 2000, ready), daemon=True
+        target=_proxy_main, args=(port, target_port, rtt_ms / 1000, ready), daemon=True
     )
     proc.start()
     if not ready.wait(10):
@@ -112,45 +113,46 @@ def latency_proxy(target_port: int, rtt_ms: float) -> Iterator[int]:
         proc.join(5)
 
 
-def _proxy_main(port: int, target_port: int, delay: float, ready: object) -> None:
-    server = socket.create_server(("127.0.0.1", port), backlog=512)
-    ready.set()  # type: ignore[attr-defined]
-    while True:
-        client, _ = server.accept()
-        upstream = socket.create_connection(("127.0.0.1", target_port))
-        for sock in (client, upstream):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _pump(client, upstream, delay)
-        _pump(upstream, client, delay)
+def _proxy_main(port: int, target_port: int, delay: float, ready: Any) -> None:
+    async def serve() -> None:
+        async def handle(client_r: StreamReader, client_w: StreamWriter) -> None:
+            upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", target_port)
+            for writer in (client_w, upstream_w):
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.gather(
+                _pump(client_r, upstream_w, 0.0),
+                _pump(upstream_r, client_w, delay),
+                return_exceptions=True,
+            )
+
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
 
 
-def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
-    """Forward `source` to `sink`, each chunk `delay` seconds after it arrived."""
-    pending: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+async def _pump(source: StreamReader, sink: StreamWriter, delay: float) -> None:
+    """Forward `source` to `sink`, each chunk `delay` seconds after it arrived, in order."""
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
-    def receive() -> None:
+    async def send() -> None:
         while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                data = b""
-            pending.put((time.monotonic() + delay, data))
+            due, data = await pending.get()
             if not data:
+                sink.close()
                 return
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            sink.write(data)
 
-    def send() -> None:
-        while True:
-            due, data = pending.get()
-            if not data:
-                with contextlib.suppress(OSError):
-                    sink.shutdown(socket.SHUT_WR)
-                return
-            if (wait := due - time.monotonic()) > 0:
-                time.sleep(wait)
-            try:
-                sink.sendall(data)
-            except OSError:
-                return
-
-    threading.Thread(target=receive, daemon=True).start()
-    threading.Thread(target=send, daemon=True).start()
+    sender = asyncio.ensure_future(send())
+    try:
+        while data := await source.read(65536):
+            pending.put_nowait((loop.time() + delay, data))
+    finally:
+        pending.put_nowait((0.0, b""))
+        await sender
