@@ -159,3 +159,35 @@ async def test_threads_api_checks_its_parameters(client: httpx.AsyncClient) -> N
     assert (await client.get("/threads/t/history", params={"limit": 0})).status_code == 422
     assert (await client.get("/threads/t/history", params={"before": "x;y"})).status_code == 422
     assert (await client.get("/threads/never")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b'{"input": {"messages": [{"type": "human", "content": "\\ud800"}]}}', "Unicode"),
+        (b'{"input": {"messages": [{"type": "human", "content": "hi", "additional_kwargs": '
+         b'{"n": -9223372036854775809}}]}}', "64 bits"),
+        (b'{"input": {"messages": [{"type": "human", "content": "hi", "additional_kwargs": '
+         + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}]}}", "nested deeper"),
+    ],
+    ids=["lone-surrogate", "huge-integer", "deep-nesting"],
+)  # fmt: skip
+@pytest.mark.parametrize("route", ["invoke", "stream"])
+async def test_json_that_cannot_be_stored_is_422(
+    client: httpx.AsyncClient, payload: bytes, expected: str, route: str
+) -> None:
+    response = await client.post(
+        f"/agent/{route}",
+        content=payload,
+        headers={"content-type": "application/json", "X-Thread-Id": "t"},
+    )
+    assert response.status_code == 422, response.text
+    assert expected in response.json()["detail"]
+    await assert_nothing_stored(client)
+
+
+async def test_a_turn_without_messages_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/agent/invoke", json=body(messages=[]))
+    assert response.status_code == 422
+    assert "at least one new message" in response.json()["detail"]
+    await assert_nothing_stored(client)

@@ -17,6 +17,8 @@ from threadline.settings import Settings
 
 JSON_OVERHEAD_BYTES = 64 * 1024
 BYTES_PER_CHAR = 4  # worst case of UTF-8, and of JSON escapes for most text
+MAX_JSON_DEPTH = 32
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,42 @@ async def json_body(request: Request, limits: Limits) -> Any:
     if len(raw) > limits.max_body_bytes:
         raise HTTPException(413, f"request body is over {limits.max_body_bytes} bytes")
     try:
-        return json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise HTTPException(422, "request body is not valid JSON") from None
+    check_storable(body)
+    return body
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise HTTPException(422, "request body has text that is not valid Unicode") from None
+
+
+def check_storable(body: Any) -> None:
+    """422 for JSON that parses but cannot be stored or sent back.
+
+    JSON allows what the serializers behind us refuse: lone surrogates (`"\\ud800"`), integers
+    beyond 64 bits and arbitrarily deep nesting. Found by fuzzing; each used to end a stream or a
+    checkpoint write with an error instead of a clear answer.
+    """
+    pending: list[tuple[Any, int]] = [(body, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise HTTPException(422, f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key)
+                pending.append((item, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+            raise HTTPException(422, "request body has an integer beyond 64 bits")
 
 
 def message_chars(message: Any) -> int:
@@ -81,5 +116,10 @@ def check_messages(messages: Any, limits: Limits) -> None:
 
 
 def check_turn_input(input: Any, limits: Limits) -> None:
-    if isinstance(input, Mapping):
-        check_messages(input.get("messages"), limits)
+    """Limits first (413), then: a turn brings at least one message (422)."""
+    if not isinstance(input, Mapping):
+        return
+    messages = input.get("messages")
+    check_messages(messages, limits)
+    if messages == []:
+        raise HTTPException(422, "a turn needs at least one new message in input.messages")
