@@ -13,10 +13,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.fixtures.checkpointers import (
+    echo_graph,
     erase_thread_rows,
     human_texts,
     latest_checkpoint_id,
-    offline_agent,
     take_turns,
     thread_config,
 )
@@ -72,7 +72,7 @@ async def test_redis_frozen_mid_conversation_loses_nothing_and_recovers(
             server.url, redis_timeout_seconds=TIMEOUT, redis_retry_seconds=RETRY
         ) as replica,
     ):
-        graph, other = offline_agent(saver), offline_agent(replica)
+        graph, other = echo_graph(saver), echo_graph(replica)
         config = thread_config("frozen")
         thread_id = config["configurable"]["thread_id"]
         await take_turns(graph, config, ["one", "two"])
@@ -107,7 +107,7 @@ async def test_redis_killed_and_restarted_empty_loses_nothing_and_recovers(
     async with open_tiered(
         server.url, redis_timeout_seconds=TIMEOUT, redis_retry_seconds=RETRY
     ) as saver:
-        graph = offline_agent(saver)
+        graph = echo_graph(saver)
         config = thread_config("killed")
         await take_turns(graph, config, ["one", "two"])
 
@@ -127,7 +127,7 @@ async def test_slow_redis_costs_a_bounded_wait(open_tiered, redis_server_factory
     """A hung Redis costs one timeout, then the breaker skips it until the cool-down ends."""
     server = redis_server_factory()
     async with open_tiered(server.url, redis_timeout_seconds=0.1, redis_retry_seconds=30) as saver:
-        graph = offline_agent(saver)
+        graph = echo_graph(saver)
         config = thread_config("slow")
         await take_turns(graph, config, ["warm"])
         server.pause()
@@ -158,7 +158,7 @@ async def test_postgres_down_fails_the_turn_and_acknowledges_nothing(
     open_tiered, plain_redis_url, postgres_db_url
 ):
     async with open_tiered(pool_timeout_seconds=2) as saver:
-        graph = offline_agent(saver)
+        graph = echo_graph(saver)
         config = thread_config("pgdown")
         thread_id = config["configurable"]["thread_id"]
         await take_turns(graph, config, ["one"])
@@ -176,7 +176,7 @@ async def test_postgres_down_fails_the_turn_and_acknowledges_nothing(
         assert hot_checkpoint_id(saver, plain_redis_url, thread_id) in (None, durable_before)
         assert latest_checkpoint_id(postgres_db_url, thread_id) == durable_before
         async with open_tiered() as replica:
-            assert human_texts(await offline_agent(replica).aget_state(config)) == ["one"]
+            assert human_texts(await echo_graph(replica).aget_state(config)) == ["one"]
         deadline = time.monotonic() + 15
         while True:  # the pool reconnects by itself, after its back-off
             try:

@@ -14,9 +14,9 @@ from redis.asyncio.connection import AbstractConnection
 from redis.cluster import key_slot
 
 from tests.fixtures.checkpointers import (
+    echo_graph,
     erase_thread_rows,
     human_texts,
-    offline_agent,
     take_turns,
     thread_config,
 )
@@ -41,7 +41,7 @@ async def test_hot_tier_serves_reads_from_redis_without_modules(
     assert client.execute_command("MODULE LIST") == []  # no RedisJSON, no RediSearch
     client.close()
     async with open_tiered() as saver:
-        graph = offline_agent(saver)
+        graph = echo_graph(saver)
         config = thread_config("plain")
         await take_turns(graph, config, ["one", "two", "three"])
 
@@ -81,7 +81,7 @@ async def test_thread_keys_share_one_cluster_slot(open_tiered, plain_redis_url):
 
 async def test_idle_thread_expires_whole_and_reads_back_from_postgres(open_tiered, plain_redis_url):
     async with open_tiered(key_prefix="ttl", hot_ttl_seconds=0.6) as saver:
-        graph = offline_agent(saver)
+        graph = echo_graph(saver)
         config = thread_config("ttl")
         await take_turns(graph, config, ["one", "two"])
         assert raw_keys(plain_redis_url, "ttl")
@@ -99,7 +99,7 @@ async def test_idle_thread_expires_whole_and_reads_back_from_postgres(open_tiere
 
 async def test_destructive_operations_reach_the_hot_tier(open_tiered):
     async with open_tiered() as saver:
-        graph = offline_agent(saver)
+        graph = echo_graph(saver)
         source, target = thread_config("src"), thread_config("dst")
         await take_turns(graph, source, ["one"])
         await graph.ainvoke(
@@ -150,7 +150,7 @@ async def test_late_writes_never_roll_an_entry_back(open_tiered):
 
 async def test_sync_methods_work_from_worker_threads_only(open_tiered):
     async with open_tiered() as saver:
-        graph = offline_agent(saver)
+        graph = echo_graph(saver)
         config = thread_config("sync")
         await take_turns(graph, config, ["one"])
         found = await asyncio.to_thread(saver.get_tuple, config)
@@ -172,7 +172,7 @@ async def test_settings_select_the_tiered_and_durable_savers(postgres_db_url, pl
         )
         async with open_checkpointer(settings) as saver:
             assert type(saver) is expected
-            graph = offline_agent(saver)
+            graph = echo_graph(saver)
             config = thread_config(kind)
             await take_turns(graph, config, ["hello"])
             assert human_texts(await graph.aget_state(config)) == ["hello"]
@@ -182,7 +182,7 @@ async def test_a_stalled_event_loop_is_not_taken_for_a_redis_outage(open_tiered,
     """A synchronous node blocking the loop past the Redis timeout must not trip the breaker
     (which would journal the thread and send its reads to Postgres)."""
     async with open_tiered(redis_timeout_seconds=0.05) as saver:
-        graph = offline_agent(saver)
+        graph = echo_graph(saver)
         config = thread_config("stall")
         await take_turns(graph, config, ["one"])
 
@@ -202,7 +202,7 @@ async def test_a_stalled_event_loop_is_not_taken_for_a_redis_outage(open_tiered,
 async def test_staged_changes_are_committed_before_the_saver_closes(open_tiered, postgres_db_url):
     config = thread_config("close")
     async with open_tiered() as writer:
-        await take_turns(offline_agent(writer), config, ["one", "two"])
+        await take_turns(echo_graph(writer), config, ["one", "two"])
     erase_thread_rows(postgres_db_url, config["configurable"]["thread_id"])
     async with open_tiered() as reader:
-        assert human_texts(await offline_agent(reader).aget_state(config)) == ["one", "two"]
+        assert human_texts(await echo_graph(reader).aget_state(config)) == ["one", "two"]
