@@ -8,14 +8,17 @@ SIGKILL (mid-turn, even) loses nothing it acknowledged and leaves no half-applie
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.fixtures.openai_stub import OpenAIStub
-from tests.fixtures.server import ServerProcessFactory
+from tests.fixtures.server import THREADLINE, ServerProcessFactory
 
 MODEL_DELAY_SECONDS = 0.3
 LOCK_WAIT_SECONDS = 1.5
@@ -141,3 +144,21 @@ async def test_killed_server_continues_the_thread_after_restart(
         "I keep bees",
         "what do I keep?",
     ]
+
+
+def test_several_workers_need_a_shared_store(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [THREADLINE, "serve", "--workers", "2"],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")},
+            "THREADLINE_MODEL": "fake",
+            "THREADLINE_CHECKPOINTER": "sqlite",
+            "THREADLINE_SQLITE_PATH": str(tmp_path / "t.sqlite"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "needs a shared store" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -68,13 +68,19 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
-    """Serve the agent over HTTP (LangServe routes at /agent)."""
+    """Serve the agent over HTTP (LangServe routes at /agent, chat playground at /chat)."""
     import uvicorn
 
     settings = load_settings()
+    if workers > 1 and settings.checkpointer in ("memory", "sqlite"):
+        raise fail(
+            f"--workers {workers} needs a shared store and thread lock: "
+            "THREADLINE_CHECKPOINTER=postgres, redis or tiered "
+            f"({settings.checkpointer} serves from one process)"
+        )
     out.print(
         f"threadline on http://{host}:{port}  model={settings.model} "
-        f"checkpointer={settings.checkpointer}",
+        f"checkpointer={settings.checkpointer}  playground http://{host}:{port}/chat/playground/",
         highlight=False,
     )
     uvicorn.run(

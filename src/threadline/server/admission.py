@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from threadline.graph.context import MemoryPolicy
+from threadline.graph.context import InvalidOverrideError, MemoryPolicy
 from threadline.server.auth import authenticate
 from threadline.server.idempotency import (
     IDEMPOTENCY_CONFIG_KEY,
@@ -127,7 +127,7 @@ def validated_overrides(configurable: Mapping[str, Any], policy: MemoryPolicy) -
     """422 now, rather than a failed turn later, for overrides the graph would refuse."""
     try:
         policy.overridden(None, configurable)
-    except ValueError as exc:
+    except InvalidOverrideError as exc:
         raise HTTPException(422, str(exc)) from None
 
 

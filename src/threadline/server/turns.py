@@ -18,6 +18,7 @@ from langchain_core.runnables.utils import ConfigurableFieldSpec
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel
 
+from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
 from threadline.server.idempotency import previous_result, turn_metadata
 from threadline.server.staged import StagedSaver
@@ -59,6 +60,8 @@ def graph_errors() -> Iterator[None]:
 
     try:
         yield
+    except InvalidOverrideError as exc:
+        raise HTTPException(422, str(exc)) from None
     except BudgetTooSmallError as exc:
         raise HTTPException(422, f"max_context_tokens is too small: {exc}") from None
     except openai.APIError as exc:
