@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -98,20 +99,43 @@ async def test_a_failed_model_call_leaves_the_thread_as_it_was(
     assert await transcript(client) == ["first", "echo: first", "second", "echo: second"]
 
 
+@pytest.mark.parametrize("backend", ["postgres", "redis", "sqlite"])
 async def test_a_second_turn_on_a_busy_thread_gets_409(
-    client: httpx.AsyncClient, openai_stub: OpenAIStub
+    backend: str,
+    openai_stub: OpenAIStub,
+    postgres_db_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Each backend's lock: Postgres advisory lock, Redis lease, in-process lock for SQLite."""
+    for name, value in openai_stub.env().items():
+        monkeypatch.setenv(name, value)
+    store = {
+        "postgres": {"postgres_url": postgres_db_url},
+        "redis": {"redis_url": redis_url},
+        "sqlite": {"sqlite_path": tmp_path / "threads.sqlite"},
+    }[backend]
+    settings = settings_for(
+        model="openai:gpt-4o-mini",
+        checkpointer=backend,
+        turn_lock_timeout_seconds=0.3,
+        **store,
+    )
     openai_stub.delay_when(lambda request: request.last_user_text == "slow one", 1.5)
-    slow = asyncio.create_task(client.post("/agent/invoke", json=turn("slow one")))
-    await asyncio.to_thread(openai_stub.wait_for_requests, 1)
-    blocked = await client.post("/agent/invoke", json=turn("impatient"))
-    deleting = await client.delete("/threads/t")
-    other_thread = await client.post("/agent/invoke", json=turn("elsewhere", thread_id="other"))
-    assert not slow.done()
-    assert blocked.status_code == 409
-    assert "busy" in blocked.json()["detail"]
-    assert deleting.status_code == 409
-    assert other_thread.status_code == 200
-    assert (await slow).status_code == 200
-    assert await transcript(client) == ["slow one", "echo: slow one"]
-    assert len(openai_stub.completions) == 2
+    async with asgi_client(settings) as client:
+        slow = asyncio.create_task(client.post("/agent/invoke", json=turn("slow one")))
+        await asyncio.to_thread(openai_stub.wait_for_requests, 1)
+        blocked = await client.post("/agent/invoke", json=turn("impatient"))
+        deleting = await client.delete("/threads/t")
+        other = await client.post("/agent/invoke", json=turn("elsewhere", thread_id="other"))
+        assert not slow.done()
+        assert blocked.status_code == 409
+        assert "busy" in blocked.json()["detail"]
+        assert deleting.status_code == 409
+        assert other.status_code == 200
+        assert (await slow).status_code == 200
+        assert await transcript(client) == ["slow one", "echo: slow one"]
+        after = await client.post("/agent/invoke", json=turn("now it is free"))
+        assert after.status_code == 200
+    assert len(openai_stub.completions) == 3
