@@ -10,9 +10,10 @@ characters of text per message) in one process against the same throwaway Postgr
 - the same agent graph on the stock `AsyncPostgresSaver`;
 - the classic `RunnableWithMessageHistory` + `PostgresChatMessageHistory` (one row per message).
 
-A thread grows by real turns to each length, then ten more turns are timed (median ms). Bytes
-per thread are the on-disk size of every row of that thread (`pg_column_size`, so TOAST
-compression counts as it does on disk) plus, for tiered, the Redis memory of its keys.
+A thread grows by real turns to each length, then 15 more turns are timed (median ms),
+interleaved across subjects. Bytes per thread are the on-disk size of every row of that thread
+(`pg_column_size`, so TOAST compression counts as it does on disk) plus, for tiered, the Redis
+memory of its keys.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -38,7 +39,7 @@ from threadline.graph.models import OfflineChatModel
 from threadline.settings import Settings
 
 LENGTHS = (10, 100, 1000, 5000)
-TIMED_TURNS = 10
+TIMED_TURNS = 15
 SERVED_DURABILITY = "exit"  # how threadline's server runs a turn: one checkpoint, at its end
 CHECKPOINT_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 HISTORY_TABLE = "chat_history"
@@ -186,42 +187,52 @@ async def message_history_subject(services: BenchServices) -> AsyncIterator[Subj
         yield Subject("RunnableWithMessageHistory + PostgresChatMessageHistory", turn, weigh)
 
 
-async def measure(subject: Subject, lengths: tuple[int, ...]) -> dict[int, tuple[float, int]]:
-    """{length: (median ms of the turns that follow it, bytes after them)}; a turn adds two."""
-    rng = random.Random(7)
-    results: dict[int, tuple[float, int]] = {}
-    messages = 0
+async def measure(
+    subjects: list[Subject], lengths: tuple[int, ...]
+) -> dict[str, dict[int, tuple[float, int]]]:
+    """{subject: {length: (median ms of the turns that follow it, bytes after them)}}.
+
+    Subjects grow to each length one after the other, then their timed turns interleave, so
+    a burst of noise on the shared machine hits all of them alike. A turn adds two messages.
+    """
+    rngs = {s.name: random.Random(7) for s in subjects}
+    messages = dict.fromkeys(rngs, 0)
+    times: dict[str, dict[int, list[float]]] = {s.name: {} for s in subjects}
+    results: dict[str, dict[int, tuple[float, int]]] = {s.name: {} for s in subjects}
     for length in lengths:
-        while messages < length:
-            await subject.turn(sentence(rng))
-            messages += 2
-        times = []
+        for subject in subjects:
+            while messages[subject.name] < length:
+                await subject.turn(sentence(rngs[subject.name]))
+                messages[subject.name] += 2
         for _ in range(TIMED_TURNS):
-            start = time.perf_counter()
-            await subject.turn(sentence(rng))
-            times.append((time.perf_counter() - start) * 1000)
-            messages += 2
-        results[length] = (median(times), await subject.weigh())
-        print(
-            f"  {subject.name}: {messages} messages, {results[length][0]:.1f} ms/turn, "
-            f"{results[length][1] / 1024:.0f} KiB",
-            flush=True,
-        )
+            for subject in subjects:
+                start = time.perf_counter()
+                await subject.turn(sentence(rngs[subject.name]))
+                times[subject.name].setdefault(length, []).append(
+                    (time.perf_counter() - start) * 1000
+                )
+                messages[subject.name] += 2
+        for subject in subjects:
+            ms, size = median(times[subject.name][length]), await subject.weigh()
+            results[subject.name][length] = (ms, size)
+            print(
+                f"  {subject.name}: {messages[subject.name]} messages, {ms:.1f} ms/turn, "
+                f"{size / 1024:.0f} KiB",
+                flush=True,
+            )
     return results
 
 
 async def main(lengths: tuple[int, ...]) -> None:
     with bench_services() as services:
-        subjects = [
-            lambda: threadline_subject("postgres", services),
-            lambda: threadline_subject("tiered", services),
-            lambda: stock_postgres_subject(services),
-            lambda: message_history_subject(services),
-        ]
-        table: dict[str, dict[int, tuple[float, int]]] = {}
-        for open_subject in subjects:
-            async with open_subject() as subject:
-                table[subject.name] = await measure(subject, lengths)
+        async with AsyncExitStack() as stack:
+            subjects = [
+                await stack.enter_async_context(threadline_subject("postgres", services)),
+                await stack.enter_async_context(threadline_subject("tiered", services)),
+                await stack.enter_async_context(stock_postgres_subject(services)),
+                await stack.enter_async_context(message_history_subject(services)),
+            ]
+            table = await measure(subjects, lengths)
 
     baseline = table["RunnableWithMessageHistory + PostgresChatMessageHistory"]
     headers = [

@@ -33,6 +33,7 @@ from redis.retry import Retry
 
 from tests.fixtures.openai_stub import OpenAIStub
 from threadline.checkpointers import open_checkpointer
+from threadline.graph import make_graph
 from threadline.services import free_port
 from threadline.settings import Settings
 
@@ -249,9 +250,11 @@ async def test_three_studio_turns_land_in_the_configured_backend(
     ) as saver:
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
         stored = [t async for t in saver.alist(config)]
-        latest = await saver.aget_tuple(config)
-    assert latest is not None
-    transcript = latest.checkpoint["channel_values"]["messages"]
+        # The transcript is stored as deltas: read it back through the graph.
+        reader = make_graph(saver, Settings(_env_file=None, model="fake"))  # type: ignore[call-arg]
+        latest = await reader.aget_state(config)
+        states = [s async for s in reader.aget_state_history(config)]
+    transcript = latest.values["messages"]
     assert contents(transcript) == expected
     assert [type(m) for m in transcript] == [HumanMessage, AIMessage] * 3
     assert {t.config["configurable"]["checkpoint_id"] for t in stored} == {
@@ -259,8 +262,7 @@ async def test_three_studio_turns_land_in_the_configured_backend(
     }
     for turn in range(1, 4):
         assert any(
-            contents(t.checkpoint["channel_values"].get("messages", [])) == expected[: 2 * turn]
-            for t in stored
+            contents(s.values.get("messages", [])) == expected[: 2 * turn] for s in states
         ), f"turn {turn} is not in the backend"
 
 
@@ -345,9 +347,9 @@ async def test_langgraph_dev_takes_its_settings_from_dot_env_when_present(
     async with open_checkpointer(
         Settings(_env_file=None, checkpointer="postgres", postgres_url=postgres_db_url)  # type: ignore[call-arg]
     ) as saver:
-        stored = await saver.aget_tuple({"configurable": {"thread_id": thread_id}})
-    assert stored is not None
-    assert len(stored.checkpoint["channel_values"]["messages"]) == 2
+        reader = make_graph(saver, Settings(_env_file=None, model="fake"))  # type: ignore[call-arg]
+        stored = await reader.aget_state({"configurable": {"thread_id": thread_id}})
+    assert len(stored.values["messages"]) == 2
 
 
 def test_langgraph_dev_refuses_to_start_on_an_incomplete_backend_setting(
@@ -408,6 +410,6 @@ async def test_langgraph_dev_persists_through_the_tiered_saver(
     )
     redis.restart()
     async with open_checkpointer(settings) as saver:
-        stored = await saver.aget_tuple({"configurable": {"thread_id": thread_id}})
-    assert stored is not None
-    assert contents(stored.checkpoint["channel_values"]["messages"]) == expected
+        reader = make_graph(saver, Settings(_env_file=None, model="fake"))  # type: ignore[call-arg]
+        stored = await reader.aget_state({"configurable": {"thread_id": thread_id}})
+    assert contents(stored.values["messages"]) == expected

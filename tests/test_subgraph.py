@@ -284,7 +284,9 @@ async def test_wrapper_node_maps_state_and_keeps_memory_across_restart(
         assert "messages" not in parent_tuple.checkpoint["channel_values"]
         agent = await saver.aget_tuple(subgraph_config(config, "support"))
         assert agent is not None
-        transcript = agent.checkpoint["channel_values"]["messages"]
+        # The transcript is stored as deltas: read it back through the graph.
+        agent_state = await parent.aget_state(subgraph_config(config, "support"))
+        transcript = agent_state.values["messages"]
         assert [m.content for m in transcript if isinstance(m, HumanMessage)] == [
             user_turn(n) for n in range(1, turns + 1)
         ]

@@ -14,7 +14,7 @@ can hand the very same bytes to Redis.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,7 @@ from langgraph.checkpoint.base import (
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
+    DeltaChannelHistory,
     get_checkpoint_id,
     get_serializable_checkpoint_metadata,
     writes_sort_key,
@@ -44,6 +45,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from threadline.checkpointers.delta import HistoryCache, compaction_statements, delta_history
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.serde import (
     UnencryptedDataError,
@@ -112,6 +114,7 @@ class PreparedCheckpoint:
     blob_channels: list[str]  # channels whose values live in checkpoint_blobs
     blob_rows: list[tuple[Any, ...]]  # checkpoint_blobs rows for this put's new versions
     row: tuple[Any, ...]  # the checkpoints row
+    compaction: list[Statement] = field(default_factory=list)  # deletes of what it supersedes
 
     def new_blobs(self) -> dict[str, tuple[str, str, bytes]]:
         """Channel -> (version, type, bytes) of the values this put wrote."""
@@ -169,6 +172,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             raise TypeError("DurablePostgresSaver needs a psycopg AsyncConnectionPool")
         super().__init__(pool, serde=serde)
         self.sealer = ValueSealer(self.serde)
+        self.delta_histories = HistoryCache()
 
     @classmethod
     @asynccontextmanager
@@ -261,6 +265,9 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             blob_channels=[k for k in blob_values if k in checkpoint["channel_versions"]],
             blob_rows=self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions),
             row=row,
+            compaction=compaction_statements(
+                thread_id, checkpoint_ns, checkpoint["id"], checkpoint, md
+            ),
         )
 
     async def write_checkpoint(
@@ -271,6 +278,8 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             if prepared.blob_rows:
                 await cur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, prepared.blob_rows)
             await cur.execute(self.UPSERT_CHECKPOINTS_SQL, prepared.row)
+            for sql, params in prepared.compaction:
+                await cur.execute(sql, params)
             for sql, params in also:
                 await cur.execute(sql, params)
 
@@ -353,6 +362,24 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             get_checkpoint_id(config),
         )
         return None if record is None else self.to_tuple(record)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        checkpoint_id = get_checkpoint_id(config)
+        if not channels or not checkpoint_id:
+            return await super().aget_delta_channel_history(config=config, channels=channels)
+        configurable = config["configurable"]
+        key = (str(configurable["thread_id"]), configurable.get("checkpoint_ns", ""), checkpoint_id)
+
+        async def full_history(walk: Sequence[str]) -> Mapping[str, DeltaChannelHistory]:
+            return await super(DurablePostgresSaver, self).aget_delta_channel_history(
+                config=config, channels=walk
+            )
+
+        return await delta_history(
+            self.delta_histories, self._cursor, self.serde.loads_typed, full_history, key, channels
+        )
 
     async def alist(
         self,

@@ -314,6 +314,14 @@ class HotTier:
         )
         if prepared.parent_id:
             fields = [(ch, *value) for ch, value in changed.items()]
+            # A value the checkpoint no longer holds (a delta channel past its snapshot) is
+            # blanked, so the entry does not keep a stale full copy of it.
+            values = prepared.checkpoint["channel_values"]
+            fields += [
+                (ch, str(v), "empty", b"")
+                for ch, v in prepared.checkpoint["channel_versions"].items()
+                if ch not in values
+            ]
             done = await self._run_install(
                 prepared, head, prepared.parent_id, token, commits, fields
             )

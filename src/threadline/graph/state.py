@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, NotRequired
 
 from langchain_core.messages import AnyMessage
-from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
+
+from threadline.graph.transcript import TranscriptChannel, append_messages
 
 
 class BudgetTelemetry(TypedDict):
@@ -39,7 +40,7 @@ class BudgetTelemetry(TypedDict):
 class InputState(TypedDict):
     """What callers send: new messages only (MessagesState-compatible, Studio chat mode)."""
 
-    messages: Annotated[list[AnyMessage], add_messages]
+    messages: Annotated[list[AnyMessage], TranscriptChannel(append_messages)]
 
 
 class ThreadState(InputState, total=False):

@@ -137,7 +137,8 @@ async def get_history(
     ] = None,
 ) -> HistoryOut:
     """The thread's checkpoints, newest first, `limit` at a time (one checkpoint per turn)."""
-    saver = _saver(_runner(request))
+    runner = _runner(request)
+    saver = _saver(runner)
     config = _config(tenant, thread_id)
     cursor: RunnableConfig | None = (
         {"configurable": {"checkpoint_id": before}} if before is not None else None
@@ -145,6 +146,12 @@ async def get_history(
     page = [t async for t in saver.alist(config, before=cursor, limit=limit + 1)]
     if not page and before is None:
         raise _not_found(thread_id)
+    # The transcript is stored as deltas: count it through the graph, oldest first, so each
+    # read extends the one before instead of replaying the thread again.
+    message_counts: dict[str, int] = {}
+    for t in reversed(page[:limit]):
+        state = await runner.graph.aget_state(t.config)
+        message_counts[t.checkpoint["id"]] = len(state.values.get("messages", []))
     checkpoints = [
         CheckpointOut(
             checkpoint_id=t.checkpoint["id"],
@@ -154,17 +161,12 @@ async def get_history(
             created_at=t.checkpoint.get("ts"),
             step=t.metadata.get("step"),
             source=t.metadata.get("source"),
-            message_count=(
-                len(messages)
-                if isinstance(
-                    messages := t.checkpoint.get("channel_values", {}).get("messages"), list
-                )
-                else None
-            ),
+            message_count=message_counts.get(t.checkpoint["id"]),
         )
         for t in page[:limit]
+        if message_counts[t.checkpoint["id"]]  # not the empty anchor before the first turn
     ]
-    next_before = checkpoints[-1].checkpoint_id if len(page) > limit else None
+    next_before = page[limit - 1].checkpoint["id"] if len(page) > limit else None
     return HistoryOut(thread_id=thread_id, checkpoints=checkpoints, next_before=next_before)
 
 
