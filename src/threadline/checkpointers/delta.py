@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from langgraph.checkpoint.base import DeltaChannelHistory, PendingWrite, writes_sort_key
+from langgraph.checkpoint.base import DeltaChannelHistory, writes_sort_key
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncCursor
 from psycopg.rows import DictRow
@@ -71,9 +71,10 @@ class Loads(Protocol):
 
 
 class HistoryCache:
-    """LRU of decoded delta histories, bounded by the number of writes and seeds it holds."""
+    """LRU of decoded delta histories, bounded by the number of writes and seeded values it
+    holds (about one entry per active thread: extending an entry drops its parent's)."""
 
-    def __init__(self, max_weight: int = 200_000) -> None:
+    def __init__(self, max_weight: int = 100_000) -> None:
         self.max_weight = max_weight
         self._entries: OrderedDict[HistoryKey, tuple[DeltaChannelHistory, int]] = OrderedDict()
         self._weight = 0
@@ -195,4 +196,4 @@ def compaction_statements(
     return [*superseded, (COMPACT_BLOBS_SQL, (thread_id, checkpoint_ns))]
 
 
-__all__ = ["HistoryCache", "PendingWrite", "compaction_statements", "delta_history"]
+__all__ = ["HistoryCache", "compaction_statements", "delta_history"]

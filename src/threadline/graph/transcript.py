@@ -81,7 +81,9 @@ def _known_ids(current: list[AnyMessage]) -> set[str | None]:
         found = _ID_MEMO.get(id(current))
     if found is not None and found[0] is current and len(found[1]) == len(current):
         return set(found[1])
-    return {m.id for m in current}
+    ids = {m.id for m in current}
+    _remember_ids(current, ids)  # a replayed snapshot is the base of every turn until the next
+    return set(ids)
 
 
 def _remember_ids(merged: list[AnyMessage], ids: set[str | None]) -> None:
