@@ -17,9 +17,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 from langchain_core.messages import (
+    AIMessage,
     AnyMessage,
     BaseMessage,
+    HumanMessage,
     RemoveMessage,
+    SystemMessage,
+    ToolMessage,
     convert_to_messages,
     message_chunk_to_message,
 )
@@ -29,9 +33,10 @@ from langgraph.graph.message import add_messages
 
 # Snapshot once the messages written since the last snapshot reach 1/SNAPSHOT_DIVISOR of the
 # transcript, and never more often than every MIN_SNAPSHOT_UPDATES channel updates.
-SNAPSHOT_DIVISOR = 8
+SNAPSHOT_DIVISOR = 16
 MIN_SNAPSHOT_UPDATES = 12
 
+_FINAL_MESSAGE_TYPES = frozenset({HumanMessage, AIMessage, SystemMessage, ToolMessage})
 _IDS = uuid.UUID("6f1c2b1e-4d3a-4c55-9a43-0d6b2f1f6a10")
 
 
@@ -45,8 +50,11 @@ def append_messages(current: list[AnyMessage], writes: Sequence[Any]) -> list[An
     """
     batch: list[BaseMessage] = []
     for write in writes:
-        items = write if isinstance(write, list) else [write]
-        batch.extend(message_chunk_to_message(m) for m in convert_to_messages(items))
+        for item in write if isinstance(write, list) else [write]:
+            if type(item) in _FINAL_MESSAGE_TYPES:  # replayed writes: already messages
+                batch.append(item)
+            else:
+                batch.extend(message_chunk_to_message(m) for m in convert_to_messages([item]))
     known = _known_ids(current)
     position = len(current)
     plain_append = True
