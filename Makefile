@@ -28,7 +28,8 @@ lint: $(STAMP)
 	$(BIN)/mypy src
 
 bench: $(STAMP)
-	$(BIN)/python bench/checkpointers.py
+	$(BIN)/python -m bench.checkpointers --quick
+	$(BIN)/python -m bench.long_threads --quick
 
 clean:
 	rm -rf $(VENV) .threadline .pytest_cache .mypy_cache .ruff_cache
