@@ -28,8 +28,7 @@ from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
 from bench.common import BenchServices, bench_services, median, render_table
-from threadline.checkpointers.durable import DurablePostgresSaver
-from threadline.checkpointers.factory import open_postgres_pool
+from threadline.checkpointers.durable import DurablePostgresSaver, open_pool
 from threadline.checkpointers.tiered import TieredSaver
 
 PAYLOAD = ("threadline bench message " * 9)[:200]
@@ -65,7 +64,7 @@ async def memory_saver(services: BenchServices) -> AsyncIterator[BaseCheckpointS
 async def stock_postgres(services: BenchServices) -> AsyncIterator[BaseCheckpointSaver]:
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-    async with open_postgres_pool(services.postgres_url, POOL_SIZE) as pool:
+    async with open_pool(services.postgres_url, POOL_SIZE) as pool:
         saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
         await saver.setup()
         yield saver

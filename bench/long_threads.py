@@ -33,7 +33,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from bench.common import BenchServices, bench_services, median, render_table
 from threadline.checkpointers import open_checkpointer
-from threadline.checkpointers.factory import open_postgres_pool
+from threadline.checkpointers.durable import open_pool
 from threadline.graph import make_graph
 from threadline.graph.models import OfflineChatModel
 from threadline.settings import Settings
@@ -134,7 +134,7 @@ async def stock_postgres_subject(services: BenchServices) -> AsyncIterator[Subje
     settings = Settings(model="fake")
     thread_id = f"long-stock-{uuid.uuid4().hex[:8]}"
     config = {"configurable": {"thread_id": thread_id}}
-    async with open_postgres_pool(services.postgres_url, 10) as pool:
+    async with open_pool(services.postgres_url, 10) as pool:
         saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
         await saver.setup()
         graph = make_graph(saver, settings)

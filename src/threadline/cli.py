@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -29,7 +28,6 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
-THREAD_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 USAGE_ERROR = 2
 
 
@@ -53,7 +51,9 @@ def load_settings() -> Settings:
 
 
 def checked_thread_id(thread_id: str) -> str:
-    if not THREAD_ID.fullmatch(thread_id):
+    from threadline.server.threads import THREAD_ID_PATTERN
+
+    if not THREAD_ID_PATTERN.fullmatch(thread_id):
         raise fail("THREAD_ID must be 1-128 characters of letters, digits and . _ : @ -")
     return thread_id
 

@@ -5,12 +5,13 @@ The savers load on first use, so importing the package does not pull in Redis or
 
 from typing import Any
 
-from threadline.checkpointers.factory import open_checkpointer, open_postgres_pool
+from threadline.checkpointers.factory import open_checkpointer
 from threadline.checkpointers.serde import UnencryptedDataError, make_serializer
 
 _LAZY = {
     "DurablePostgresSaver": "threadline.checkpointers.durable",
     "HotTier": "threadline.checkpointers.hot",
+    "open_pool": "threadline.checkpointers.durable",
     "TieredSaver": "threadline.checkpointers.tiered",
 }
 
@@ -21,7 +22,7 @@ __all__ = [
     "UnencryptedDataError",
     "make_serializer",
     "open_checkpointer",
-    "open_postgres_pool",
+    "open_pool",
 ]
 
 

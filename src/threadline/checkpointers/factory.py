@@ -16,32 +16,10 @@ from langgraph.checkpoint.memory import InMemorySaver
 from threadline.checkpointers.serde import make_serializer
 from threadline.settings import Settings, SettingsError
 
-POSTGRES_POOL_KWARGS = {"autocommit": True, "prepare_threshold": 0}
-
 
 def _secret(value: object) -> str:
     getter = getattr(value, "get_secret_value", None)
     return getter() if getter else str(value)
-
-
-@asynccontextmanager
-async def open_postgres_pool(url: str, max_size: int) -> AsyncIterator[object]:
-    """A psycopg pool with the connection settings the Postgres savers require."""
-    from psycopg.rows import dict_row
-    from psycopg_pool import AsyncConnectionPool
-
-    pool = AsyncConnectionPool(
-        url,
-        min_size=1,
-        max_size=max_size,
-        kwargs={**POSTGRES_POOL_KWARGS, "row_factory": dict_row},
-        open=False,
-    )
-    await pool.open(wait=True, timeout=15)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @asynccontextmanager

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from threadline.checkpointers import open_postgres_pool
+from threadline.checkpointers import open_pool
 from threadline.settings import Settings
 
 log = logging.getLogger("threadline.server")
@@ -57,12 +57,11 @@ def _remaining(deadline: float) -> float:
     return max(deadline - time.monotonic(), 0.0)
 
 
-class LocalTurnLocks:
-    """asyncio locks for embedded backends, which serve from a single process."""
+class _OneLockPerKey:
+    """Holds several keys by taking each key's own lock in sorted order (no deadlocks)."""
 
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._users: dict[str, int] = {}
+    def _hold_one(self, key: str, deadline: float) -> AbstractAsyncContextManager[None]:
+        raise NotImplementedError
 
     @asynccontextmanager
     async def hold(self, keys: Sequence[str], timeout: float) -> AsyncIterator[None]:
@@ -71,6 +70,14 @@ class LocalTurnLocks:
             for key in sorted(set(keys)):
                 await stack.enter_async_context(self._hold_one(key, deadline))
             yield
+
+
+class LocalTurnLocks(_OneLockPerKey):
+    """asyncio locks for embedded backends, which serve from a single process."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
 
     @asynccontextmanager
     async def _hold_one(self, key: str, deadline: float) -> AsyncIterator[None]:
@@ -180,19 +187,11 @@ class PostgresTurnLocks:
             await conn.execute("SELECT 1")
 
 
-class RedisTurnLocks:
+class RedisTurnLocks(_OneLockPerKey):
     """A Redis lease per thread, renewed while the turn runs; it expires if the holder dies."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
-
-    @asynccontextmanager
-    async def hold(self, keys: Sequence[str], timeout: float) -> AsyncIterator[None]:
-        deadline = time.monotonic() + timeout
-        async with contextlib.AsyncExitStack() as stack:
-            for key in sorted(set(keys)):
-                await stack.enter_async_context(self._hold_one(key, deadline))
-            yield
 
     @asynccontextmanager
     async def _hold_one(self, key: str, deadline: float) -> AsyncIterator[None]:
@@ -248,7 +247,7 @@ async def open_turn_locks(settings: Settings) -> AsyncIterator[TurnLocks]:
     kind = settings.checkpointer
     if kind in ("postgres", "tiered") and settings.postgres_url is not None:
         size = settings.postgres_pool_size * LOCK_POOL_PER_SAVER_CONNECTION
-        async with open_postgres_pool(settings.postgres_url.get_secret_value(), size) as pool:
+        async with open_pool(settings.postgres_url.get_secret_value(), size) as pool:
             yield PostgresTurnLocks(pool)
     elif kind == "redis" and settings.redis_url is not None:
         from redis.asyncio import Redis

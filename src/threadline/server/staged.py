@@ -8,7 +8,7 @@ success means a turn is either stored whole or not at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -23,7 +23,7 @@ from langgraph.checkpoint.base import (
 
 
 class StagedSaver(BaseCheckpointSaver):
-    """Async-only: the server runs every turn on the event loop."""
+    """Async-only (the inherited sync methods raise): the server runs every turn on the loop."""
 
     def __init__(self, saver: BaseCheckpointSaver) -> None:
         super().__init__(serde=saver.serde)
@@ -86,34 +86,3 @@ class StagedSaver(BaseCheckpointSaver):
         staged, self._staged = self._staged, []
         for method, args in staged:
             await getattr(self._saver, method)(*args)
-
-    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        raise NotImplementedError("StagedSaver is async-only")
-
-    def list(
-        self,
-        config: RunnableConfig | None,
-        *,
-        filter: dict[str, Any] | None = None,
-        before: RunnableConfig | None = None,
-        limit: int | None = None,
-    ) -> Iterator[CheckpointTuple]:
-        raise NotImplementedError("StagedSaver is async-only")
-
-    def put(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> RunnableConfig:
-        raise NotImplementedError("StagedSaver is async-only")
-
-    def put_writes(
-        self,
-        config: RunnableConfig,
-        writes: Sequence[tuple[str, Any]],
-        task_id: str,
-        task_path: str = "",
-    ) -> None:
-        raise NotImplementedError("StagedSaver is async-only")
