@@ -18,10 +18,12 @@ import pytest
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph.message import add_messages
+from redis.asyncio.connection import AbstractConnection
 from typing_extensions import TypedDict
 
 from tests.fixtures.checkpointers import TieredFactory, offline_agent, thread_config
 from threadline.checkpointers.serde import make_serializer
+from threadline.checkpointers.tiered import TieredSaver
 from threadline.graph import agent
 from threadline.graph.transcript import append_messages
 
@@ -255,3 +257,68 @@ async def test_thread_storage_stays_below_one_row_per_message_history(
     )
     theirs = weigh(("chat_history",), "session_id", session)
     assert 0 < ours <= theirs, (ours, theirs)
+
+
+class StoreCalls:
+    """Counts commands sent to Redis (a script call is one) and checkpoint queries sent to
+    Postgres, while in the `with` block."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.redis = 0
+        self.postgres = 0
+        self._monkeypatch = monkeypatch
+
+    def __enter__(self) -> StoreCalls:
+        send = AbstractConnection.send_packed_command
+        execute = psycopg.AsyncCursor.execute
+
+        async def counting_send(connection: Any, command: Any, check_health: bool = True) -> None:
+            self.redis += 1
+            await send(connection, command, check_health)
+
+        async def counting_execute(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            self.postgres += "checkpoint" in str(query)
+            return await execute(cursor, query, *args, **kwargs)
+
+        self._monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+        self._monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting_execute)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._monkeypatch.undo()
+
+
+@pytest.mark.parametrize("durability", ["exit", "async"])
+async def test_tiered_reads_a_long_thread_in_one_redis_round_trip(
+    durability: str, open_tiered: TieredFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state of a delta thread (a snapshot plus the deltas since) is one Redis call and
+    no Postgres query: for the replica that wrote it (sent only what it has not seen yet), for
+    a replica with nothing cached, and after the entry was re-warmed from Postgres."""
+    texts = sentences(45)
+    more = sentences(3, seed=9)
+    config = thread_config("hot-delta")
+
+    async def hot_read(saver: TieredSaver) -> list[AnyMessage]:
+        await saver.aget_tuple(thread_config("warm-up"))  # a starting saver loads its journal
+        with StoreCalls(monkeypatch) as calls:
+            state = await offline_agent(saver).aget_state(config)
+        assert (calls.redis, calls.postgres) == (1, 0), "Redis calls, Postgres queries"
+        return list(state.values["messages"])
+
+    async with open_tiered() as writer:
+        graph = offline_agent(writer)
+        for text in texts:
+            await graph.ainvoke({"messages": [HumanMessage(text)]}, config, durability=durability)
+        assert_whole_transcript(await hot_read(writer), texts)
+        assert writer.durable.delta_histories.newest(config["configurable"]["thread_id"], "")
+    async with open_tiered() as replica:
+        assert_whole_transcript(await hot_read(replica), texts)
+        await replica.hot.invalidate(config["configurable"]["thread_id"], "")
+    async with open_tiered() as replica:
+        state = await offline_agent(replica).aget_state(config)  # a miss: warms Redis
+        assert_whole_transcript(state.values["messages"], texts)
+    async with open_tiered() as replica:
+        assert_whole_transcript(await hot_read(replica), texts)
+        await run_turns(offline_agent(replica), config, more)
+        assert_whole_transcript(await hot_read(replica), texts + more)

@@ -148,6 +148,26 @@ async def test_late_writes_never_roll_an_entry_back(open_tiered):
         assert (await saver.hot.read(thread_id, "")).record is None
 
 
+async def test_writes_that_reach_redis_before_their_checkpoint_are_kept(open_tiered):
+    """A checkpoint's writes and its install travel on different connections: writes that
+    arrive first are adopted by the install, not lost."""
+    async with open_tiered() as saver:
+        thread_id = f"early-{uuid.uuid4().hex}"
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        checkpoint = empty_checkpoint()
+        prepared = saver.durable.prepare_put(config, checkpoint, {}, {})
+        writes = saver.durable.prepare_writes(
+            prepared.next_config, [("inbox", "early bird"), ("inbox", "second")], "task-1"
+        )
+        assert await saver.hot.put_writes(writes, "tok-w")
+        assert await saver.hot.put(prepared, "tok-c")
+        assert (await saver.hot.read(thread_id, "")).pending  # staged until committed
+        found = await saver.hot.read(thread_id, "", ["tok-w", "tok-c"])
+        assert found.record is not None
+        pending = saver.durable.to_tuple(found.record).pending_writes
+        assert pending == [("task-1", "inbox", "early bird"), ("task-1", "inbox", "second")]
+
+
 async def test_sync_methods_work_from_worker_threads_only(open_tiered):
     async with open_tiered() as saver:
         graph = echo_graph(saver)

@@ -78,6 +78,12 @@ class HistoryCache:
         self.max_weight = max_weight
         self._entries: OrderedDict[HistoryKey, tuple[DeltaChannelHistory, int]] = OrderedDict()
         self._weight = 0
+        # (thread, namespace) -> channel -> newest checkpoint id cached for it
+        self._newest: dict[tuple[str, str], dict[str, str]] = {}
+
+    def newest(self, thread_id: str, checkpoint_ns: str) -> dict[str, str]:
+        """Per channel, the newest checkpoint of the thread whose history is cached."""
+        return dict(self._newest.get((thread_id, checkpoint_ns), {}))
 
     def get(self, key: HistoryKey) -> DeltaChannelHistory | None:
         found = self._entries.get(key)
@@ -93,14 +99,28 @@ class HistoryCache:
             return
         self._entries[key] = (history, weight)
         self._weight += weight
+        thread_id, checkpoint_ns, checkpoint_id, channel = key
+        newest = self._newest.setdefault((thread_id, checkpoint_ns), {})
+        if newest.get(channel, "") < checkpoint_id:
+            newest[channel] = checkpoint_id
         while self._weight > self.max_weight:
-            _, (_, dropped) = self._entries.popitem(last=False)
+            dropped_key, (_, dropped) = self._entries.popitem(last=False)
             self._weight -= dropped
+            self._forget(dropped_key)
 
     def discard(self, key: HistoryKey) -> None:
         found = self._entries.pop(key, None)
         if found is not None:
             self._weight -= found[1]
+            self._forget(key)
+
+    def _forget(self, key: HistoryKey) -> None:
+        thread_id, checkpoint_ns, checkpoint_id, channel = key
+        newest = self._newest.get((thread_id, checkpoint_ns))
+        if newest is not None and newest.get(channel) == checkpoint_id:
+            del newest[channel]
+            if not newest:
+                del self._newest[(thread_id, checkpoint_ns)]
 
     def __len__(self) -> int:
         return len(self._entries)

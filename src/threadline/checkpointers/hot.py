@@ -22,12 +22,14 @@ late it arrives:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import ormsgpack
+from langgraph.checkpoint.base import DeltaChannelHistory, writes_sort_key
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -47,13 +49,46 @@ local function commit(k, at)
 end
 """
 
+# Field names: 'w:<task>\0<idx>\0<channel>' pending writes of the entry's checkpoint,
+# 'e:<checkpoint>\0<task>\0...' writes that arrived before their checkpoint's install;
+# per delta channel, 'h:' the checkpoint whose history the entry holds, 's:' that history's
+# seed, 'd:<channel>\0<checkpoint>\0...' its writes, 'k:<channel>\0<checkpoint>' the
+# checkpoints it spans, and 'n:' the checkpoint that stores the channel's value itself.
+_CHANNELS = """
+local HISTORY = {['h:'] = true, ['s:'] = true, ['d:'] = true, ['k:'] = true, ['n:'] = true}
+local function channel_set(at)
+  local set = {}
+  local n = tonumber(ARGV[at])
+  for i = at + 1, at + n do set[ARGV[i]] = true end
+  return set, at + n + 1
+end
+local function write_channel(f)
+  local a = string.find(f, '\\0', 3, true)
+  local b = a and string.find(f, '\\0', a + 1, true)
+  return b and string.sub(f, b + 1)
+end
+local function history_channel(f)
+  local a = string.find(f, '\\0', 3, true)
+  return string.sub(f, 3, a and a - 1)
+end
+local function delta_checkpoint(f)
+  local a = string.find(f, '\\0', 3, true)
+  local b = string.find(f, '\\0', a + 1, true)
+  return string.sub(f, a + 1, b - 1)
+end
+"""
+
 _INSTALL = (
     _COMMITS
+    + _CHANNELS
     + """
 -- ARGV: ttl, ns, id, parent ('' = full), expected gen ('' = any), head, token, commits...,
---       then field/value pairs
+--       history channels..., snapshot channels..., then field/value pairs
 local k = KEYS[1]
-local first = commit(k, 8)
+local at = commit(k, 8)
+local hist, snaps
+hist, at = channel_set(at)
+snaps, at = channel_set(at)
 local id = ARGV[3]
 local floor = redis.call('HGET', k, 'floor')
 if floor and id < floor then return 0 end
@@ -61,19 +96,58 @@ if ARGV[5] ~= '' and ARGV[5] ~= (redis.call('HGET', k, 'gen') or '0') then retur
 local cur = redis.call('HGET', k, 'id')
 local partial = ARGV[4] ~= ''
 if partial and cur ~= ARGV[4] and cur ~= id then return -1 end
+local advancing = partial and cur ~= id
+-- A history channel's history follows from the parent's: seeded from the parent's value
+-- ('seed') or extended by the parent's writes ('extend'); otherwise it is unknown here.
+local mode = {}
+if advancing then
+  for ch in pairs(hist) do
+    if redis.call('HGET', k, 'n:' .. ch) == cur then mode[ch] = 'seed'
+    elseif redis.call('HGET', k, 'h:' .. ch) == cur then mode[ch] = 'extend' end
+  end
+end
 local stale = {}
+local early = {}
 for _, f in ipairs(redis.call('HKEYS', k)) do
   local p = string.sub(f, 1, 2)
-  if ((p == 'w:' or p == 'p:') and cur ~= id) or (p == 'c:' and not partial) then
+  if p == 'w:' and cur ~= id then
+    local ch = write_channel(f)
+    if advancing and ch and mode[ch] then
+      redis.call('HSET', k, 'd:' .. ch .. '\\0' .. cur .. '\\0' .. string.sub(f, 3),
+        redis.call('HGET', k, f))
+    end
+    stale[#stale + 1] = f
+  elseif (p == 'p:' and cur ~= id) or (p == 'c:' and not partial) then
+    stale[#stale + 1] = f
+  elseif p == 'e:' then
+    local a = string.find(f, '\\0', 3, true)
+    local target = string.sub(f, 3, a - 1)
+    if target == id then early[#early + 1] = f end
+    if target <= id then stale[#stale + 1] = f end
+  elseif HISTORY[p] and not (partial and cur == id) and mode[history_channel(f)] ~= 'extend' then
     stale[#stale + 1] = f
   end
 end
+for i, f in ipairs(early) do
+  local a = string.find(f, '\\0', 3, true)
+  early[i] = {'w:' .. string.sub(f, a + 1), redis.call('HGET', k, f)}
+end
 if #stale > 0 then redis.call('HDEL', k, unpack(stale)) end
+for _, w in ipairs(early) do redis.call('HSET', k, w[1], w[2]) end
+for ch, m in pairs(mode) do
+  local seed = m == 'seed' and redis.call('HGET', k, 'c:' .. ch)
+  if seed then
+    redis.call('HSET', k, 's:' .. ch, seed, 'h:' .. ch, id)
+  elseif m == 'extend' then
+    redis.call('HSET', k, 'k:' .. ch .. '\\0' .. cur, '', 'h:' .. ch, id)
+  end
+end
+for ch in pairs(snaps) do redis.call('HSET', k, 'n:' .. ch, id) end
 redis.call('HSET', k, 'id', id, 'floor', id, 'cp', ARGV[6])
 if ARGV[7] ~= '' then
   redis.call('HSET', k, 'p:' .. ARGV[7], id .. '|' .. redis.call('TIME')[1])
 end
-if #ARGV >= first then redis.call('HSET', k, unpack(ARGV, first)) end
+if #ARGV >= at then redis.call('HSET', k, unpack(ARGV, at)) end
 redis.call('PEXPIRE', k, ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
@@ -83,13 +157,28 @@ return 1
 
 _WRITES = (
     _COMMITS
+    + _CHANNELS
     + """
 -- ARGV: ttl, id, upsert, token, commits..., then field/value pairs
 local k = KEYS[1]
 local first = commit(k, 5)
-if redis.call('HGET', k, 'id') ~= ARGV[2] then return 0 end
+local cur = redis.call('HGET', k, 'id')
+if cur and cur > ARGV[2] then
+  -- Late writes to an older checkpoint: any history built without them is incomplete.
+  for i = first, #ARGV, 2 do
+    local ch = write_channel(ARGV[i])
+    if ch then redis.call('HDEL', k, 'h:' .. ch) end
+  end
+  return 0
+end
 redis.call('HSET', k, 'p:' .. ARGV[4], ARGV[2] .. '|' .. redis.call('TIME')[1])
-if #ARGV > first then
+if cur ~= ARGV[2] then
+  -- Early writes: their checkpoint's install is still on its way; it adopts them.
+  local set = ARGV[3] == '1' and 'HSET' or 'HSETNX'
+  for i = first, #ARGV, 2 do
+    redis.call(set, k, 'e:' .. ARGV[2] .. '\\0' .. string.sub(ARGV[i], 3), ARGV[i + 1])
+  end
+elseif #ARGV > first then
   if ARGV[3] == '1' then
     redis.call('HSET', k, unpack(ARGV, first))
   else
@@ -104,26 +193,54 @@ return 1
 
 _READ = (
     _COMMITS
+    + _CHANNELS
     + """
--- ARGV: ttl, abandoned after (s), commits...
+-- ARGV: ttl, abandoned after (s), commits..., then (channel, known checkpoint id) pairs: the
+--       caller holds that checkpoint's history of the channel, so only what follows it is sent.
 -- Returns {state, fields}: state 0 = readable, 1 = staged change pending, 2 = only
--- abandoned staged changes.
+-- abandoned staged changes. Fields 'i:<channel>' name the checkpoint a history extends.
 local k = KEYS[1]
-commit(k, 3)
+local at = commit(k, 3)
 local f = redis.call('HGETALL', k)
 if #f == 0 then return {0, f} end
 redis.call('PEXPIRE', k, ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 local now = tonumber(redis.call('TIME')[1])
 local state = 0
-for i = 1, #f, 2 do
-  if string.sub(f[i], 1, 2) == 'p:' then
-    if state == 0 then state = 2 end
-    local since = tonumber(string.match(f[i + 1], '|(%d+)$')) or 0
-    if now - since < tonumber(ARGV[2]) then state = 1 end
+local id = redis.call('HGET', k, 'id')
+local since = {}
+for i = at + 1, at + 2 * tonumber(ARGV[at]), 2 do
+  local ch, known = ARGV[i], ARGV[i + 1]
+  if id and redis.call('HGET', k, 'h:' .. ch) == id and (known == id
+      or redis.call('HEXISTS', k, 'k:' .. ch .. '\\0' .. known) == 1) then
+    since[ch] = known
   end
 end
-return {state, f}
+local out = {}
+for i = 1, #f, 2 do
+  local name = f[i]
+  local p = string.sub(name, 1, 2)
+  local keep = p ~= 'k:'
+  if p == 'p:' then
+    if state == 0 then state = 2 end
+    local at_time = tonumber(string.match(f[i + 1], '|(%d+)$')) or 0
+    if now - at_time < tonumber(ARGV[2]) then state = 1 end
+  elseif p == 's:' then
+    keep = since[history_channel(name)] == nil
+  elseif p == 'd:' then
+    local known = since[history_channel(name)]
+    keep = known == nil or delta_checkpoint(name) >= known
+  end
+  if keep then
+    out[#out + 1] = name
+    out[#out + 1] = f[i + 1]
+  end
+end
+for ch, known in pairs(since) do
+  out[#out + 1] = 'i:' .. ch
+  out[#out + 1] = known
+end
+return {state, out}
 """
 )
 
@@ -167,10 +284,75 @@ class HotRead:
     record: CheckpointRecord | None
     pending: bool = False
     abandoned: bool = False
+    histories: dict[str, HotHistory] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HotHistory:
+    """A delta channel's history at the entry's checkpoint, as Redis sent it.
+
+    With `since` set it is only what follows the history of checkpoint `since`, which the
+    reader said it holds; otherwise it is whole: `seed` (type, bytes) if any, then `writes`.
+    Writes are (task_id, channel, type, blob), in replay order.
+    """
+
+    since: str | None
+    seed: tuple[str, bytes] | None
+    writes: list[tuple[str, str, str, bytes]]
 
 
 def _pack(*items: Any) -> bytes:
     return ormsgpack.packb(items)
+
+
+def _write_field(task_id: str, idx: int, channel: str) -> bytes:
+    return f"w:{task_id}\0{idx}\0{channel}".encode()
+
+
+def history_channels(metadata: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
+    """Delta channels a checkpoint stores no value for: reading it replays their history."""
+    counters = metadata.get("counters_since_delta_snapshot") or {}
+    return [ch for ch in counters if ch not in values]
+
+
+@dataclass
+class _DeltaChannels:
+    """What an install tells the script about delta channels, and history fields to set."""
+
+    history: list[str]
+    snapshots: list[str]
+    extra: list[tuple[bytes, Any]] = field(default_factory=list)
+
+    def args(self) -> list[Any]:
+        pairs = [item for pair in self.extra for item in pair]
+        return [len(self.history), *self.history, len(self.snapshots), *self.snapshots, *pairs]
+
+
+def _histories(fields: Mapping[bytes, bytes]) -> dict[str, HotHistory]:
+    """The delta histories an entry holds for its own checkpoint."""
+    checkpoint_id = fields[b"id"]
+    found: dict[str, HotHistory] = {}
+    for key, value in fields.items():
+        if key[:2] != b"h:" or value != checkpoint_id:
+            continue
+        name = key[2:]
+        since = fields.get(b"i:" + name)
+        seed = fields.get(b"s:" + name) if since is None else None
+        prefix = b"d:" + name + b"\0"
+        ordered = []
+        for field_name, packed in fields.items():
+            if field_name.startswith(prefix):
+                task_id, channel, type_tag, blob, task_path, idx = ormsgpack.unpackb(packed)
+                written_at = field_name[len(prefix) :].split(b"\0", 1)[0]
+                order = (idx,) if not written_at else writes_sort_key(task_path, task_id, idx)
+                ordered.append(((written_at, order), (task_id, channel, type_tag, blob)))
+        ordered.sort(key=lambda item: item[0])
+        found[name.decode()] = HotHistory(
+            since=None if since is None else since.decode(),
+            seed=None if seed is None else tuple(ormsgpack.unpackb(seed)[1:]),
+            writes=[write for _, write in ordered],
+        )
+    return found
 
 
 class HotTier:
@@ -241,19 +423,28 @@ class HotTier:
     # ------------------------------------------------------------------ reads
 
     async def read(
-        self, thread_id: str, checkpoint_ns: str, commits: Sequence[str] = ()
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        commits: Sequence[str] = (),
+        known: Mapping[str, str] | None = None,
     ) -> HotRead:
-        """The latest checkpoint if the entry holds a complete, committed one; refreshes the
-        idle TTL and applies `commits` first, in the same round trip."""
+        """The latest checkpoint if the entry holds a complete, committed one, with the delta
+        histories it holds; refreshes the idle TTL and applies `commits` first, in the same
+        round trip. `known` maps a channel to a checkpoint whose history the caller holds."""
         entry, index = self.keys(thread_id, checkpoint_ns)
+        pairs = [item for pair in (known or {}).items() for item in pair]
         state, flat = await self._read(
-            keys=[entry, index], args=[self.ttl_ms, ABANDONED_SECONDS, len(commits), *commits]
+            keys=[entry, index],
+            args=[self.ttl_ms, ABANDONED_SECONDS, len(commits), *commits, len(pairs) // 2, *pairs],
         )
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         gen = fields.get(b"gen", ABSENT_GEN.encode()).decode()
         if state:
             return HotRead(gen, None, pending=True, abandoned=state == 2)
-        return HotRead(gen, self._decode(thread_id, checkpoint_ns, fields))
+        record = self._decode(thread_id, checkpoint_ns, fields)
+        histories = _histories(fields) if record is not None else {}
+        return HotRead(gen, record, histories=histories)
 
     async def commit(self, thread_id: str, checkpoint_ns: str, tokens: Sequence[str]) -> None:
         """Mark staged changes as durable, so the entry reads as a hit again."""
@@ -312,6 +503,11 @@ class HotTier:
         head = self._head(
             prepared.skeleton, prepared.metadata, prepared.parent_id, prepared.blob_channels
         )
+        values = prepared.checkpoint["channel_values"]
+        channels = _DeltaChannels(
+            history=history_channels(prepared.metadata, values),
+            snapshots=[ch for ch, v in values.items() if isinstance(v, _DeltaSnapshot)],
+        )
         if prepared.parent_id:
             fields = [(ch, *value) for ch, value in changed.items()]
             # A value the checkpoint no longer holds (a delta channel past its snapshot) is
@@ -323,11 +519,14 @@ class HotTier:
                 if ch not in values
             ]
             done = await self._run_install(
-                prepared, head, prepared.parent_id, token, commits, fields
+                prepared, head, prepared.parent_id, token, commits, channels, fields
             )
             if done >= 0:
                 return done == 1
-        values = prepared.checkpoint["channel_values"]
+        else:  # a root checkpoint: its histories are empty, and complete
+            channels.extra += [
+                (b"h:" + ch.encode(), prepared.checkpoint_id) for ch in channels.history
+            ]
         versions = prepared.checkpoint["channel_versions"]
         full = []
         for channel in prepared.blob_channels:
@@ -337,7 +536,7 @@ class HotTier:
                 full.append(
                     (channel, str(versions[channel]), *self.serde.dumps_typed(values[channel]))
                 )
-        return await self._run_install(prepared, head, "", token, commits, full) == 1
+        return await self._run_install(prepared, head, "", token, commits, channels, full) == 1
 
     async def _run_install(
         self,
@@ -346,7 +545,8 @@ class HotTier:
         parent: str,
         token: str,
         commits: Sequence[str],
-        channels: Sequence[tuple[str, str, str, bytes]],
+        channels: _DeltaChannels,
+        values: Sequence[tuple[str, str, str, bytes]],
     ) -> int:
         entry, index = self.keys(prepared.thread_id, prepared.checkpoint_ns)
         args: list[Any] = [
@@ -359,16 +559,30 @@ class HotTier:
             token,
             len(commits),
             *commits,
+            *channels.args(),
         ]
-        for channel, version, type_tag, blob in channels:
+        for channel, version, type_tag, blob in values:
             args += [b"c:" + channel.encode(), _pack(version, type_tag, blob)]
         return int(await self._install(keys=[entry, index], args=args))
 
-    async def warm(self, record: CheckpointRecord, expected_gen: str) -> bool:
-        """Install a checkpoint read from Postgres, unless the entry changed since `read`."""
+    async def warm(
+        self,
+        record: CheckpointRecord,
+        expected_gen: str,
+        histories: Mapping[str, DeltaChannelHistory] | None = None,
+    ) -> bool:
+        """Install a checkpoint read from Postgres, with the delta histories read for it,
+        unless the entry changed since `read`."""
         versions = record.skeleton["channel_versions"]
         head = self._head(record.skeleton, record.metadata, record.parent_id, list(record.blobs))
         entry, index = self.keys(record.thread_id, record.checkpoint_ns)
+        inline = record.skeleton["channel_values"]
+        channels = _DeltaChannels(
+            history=[],
+            snapshots=[ch for ch in record.blobs if inline.get(ch) is True],
+        )
+        for channel, history in (histories or {}).items():
+            channels.extra += self._history_fields(record.checkpoint_id, channel, history)
         args: list[Any] = [
             self.ttl_ms,
             record.checkpoint_ns,
@@ -378,15 +592,34 @@ class HotTier:
             head,
             "",
             0,
+            *channels.args(),
         ]
         for channel, (type_tag, blob) in record.blobs.items():
             args += [b"c:" + channel.encode(), _pack(str(versions[channel]), type_tag, blob)]
         for task_id, channel, type_tag, blob, task_path, idx in record.writes:
             args += [
-                f"w:{task_id}\0{idx}".encode(),
+                _write_field(task_id, idx, channel),
                 _pack(task_id, channel, type_tag, blob, task_path, idx),
             ]
         return int(await self._install(keys=[entry, index], args=args)) == 1
+
+    def _history_fields(
+        self, checkpoint_id: str, channel: str, history: DeltaChannelHistory
+    ) -> list[tuple[bytes, Any]]:
+        """A history decoded from Postgres, as entry fields (its writes carry no checkpoint
+        ids, so they sort first and only a reader holding this very checkpoint skips them)."""
+        name = channel.encode()
+        fields: list[tuple[bytes, Any]] = [(b"h:" + name, checkpoint_id)]
+        if "seed" in history:
+            fields.append((b"s:" + name, _pack("", *self.serde.dumps_typed(history["seed"]))))
+        for seq, (task_id, write_channel, value) in enumerate(history["writes"]):
+            fields.append(
+                (
+                    b"d:" + name + b"\0\0" + str(seq).zfill(9).encode(),
+                    _pack(task_id, write_channel, *self.serde.dumps_typed(value), "", seq),
+                )
+            )
+        return fields
 
     async def put_writes(
         self, prepared: PreparedWrites, token: str, commits: Sequence[str] = ()
@@ -403,7 +636,7 @@ class HotTier:
         ]
         for _, _, _, task_id, task_path, idx, channel, type_tag, blob in prepared.rows:
             args += [
-                f"w:{task_id}\0{idx}".encode(),
+                _write_field(task_id, idx, channel),
                 _pack(task_id, channel, type_tag, blob, task_path, idx),
             ]
         return int(await self._writes(keys=[entry, index], args=args)) == 1

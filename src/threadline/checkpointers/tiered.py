@@ -46,11 +46,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from threadline.checkpointers.durable import (
+    CheckpointRecord,
     CheckpointStoreUnavailable,
     DurablePostgresSaver,
     Statement,
 )
-from threadline.checkpointers.hot import HotTier
+from threadline.checkpointers.hot import HotHistory, HotTier, history_channels
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 
 logger = logging.getLogger(__name__)
@@ -389,13 +390,17 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         gen: str | None = None
         if await self._hot_ready(thread_id, checkpoint_ns):
             commits = self._uncommitted.pop(key, [])
+            known = self.durable.delta_histories.newest(thread_id, checkpoint_ns)
             try:
-                found = await self._redis(lambda: self.hot.read(thread_id, checkpoint_ns, commits))
+                found = await self._redis(
+                    lambda: self.hot.read(thread_id, checkpoint_ns, commits, known)
+                )
             except REDIS_FAULTS as exc:
                 self._keep_uncommitted(key, commits)
                 self._redis_failed(exc)
             else:
                 if found.record is not None:
+                    self._remember_histories(found.record, found.histories)
                     return self.durable.to_tuple(found.record)
                 if found.abandoned:
                     self._spawn(self._drop_abandoned(key))
@@ -405,11 +410,58 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         if record is None:
             return None
         if gen is not None and record.skeleton.get("v", 0) >= 4:
+            histories = await self._histories_to_warm(record)
             try:
-                await self._redis(lambda: self.hot.warm(record, gen))
+                await self._redis(lambda: self.hot.warm(record, gen, histories))
             except REDIS_FAULTS as exc:
                 self._redis_failed(exc)
         return self.durable.to_tuple(record)
+
+    def _remember_histories(
+        self, record: CheckpointRecord, histories: Mapping[str, HotHistory]
+    ) -> None:
+        """Cache the delta histories Redis sent with a checkpoint, so that reading its state
+        (`aget_delta_channel_history`, next) needs no Postgres query."""
+        cache = self.durable.delta_histories
+        loads = self.serde.loads_typed
+        thread_id, checkpoint_ns = record.thread_id, record.checkpoint_ns
+        for channel, hot in histories.items():
+            writes = [
+                (task_id, ch, loads((type_tag, blob))) for task_id, ch, type_tag, blob in hot.writes
+            ]
+            history: DeltaChannelHistory
+            if hot.since is None:
+                history = {"writes": writes}
+                if hot.seed is not None:
+                    history["seed"] = loads(hot.seed)
+            else:
+                base = cache.get((thread_id, checkpoint_ns, hot.since, channel))
+                if base is None:
+                    continue  # evicted meanwhile: Postgres answers instead
+                history = {**base, "writes": [*base["writes"], *writes]}
+            cache.put((thread_id, checkpoint_ns, record.checkpoint_id, channel), history)
+            if hot.since not in (None, record.checkpoint_id):
+                cache.discard((thread_id, checkpoint_ns, hot.since, channel))
+
+    async def _histories_to_warm(
+        self, record: CheckpointRecord
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """The delta histories a checkpoint read from Postgres needs, to warm Redis with.
+
+        Its state is about to be read, which needs them anyway: they are cached for that."""
+        channels = history_channels(
+            record.metadata, {**record.skeleton["channel_values"], **record.blobs}
+        )
+        if not channels:
+            return {}
+        config: RunnableConfig = {
+            "configurable": {
+                "thread_id": record.thread_id,
+                "checkpoint_ns": record.checkpoint_ns,
+                "checkpoint_id": record.checkpoint_id,
+            }
+        }
+        return await self.durable.aget_delta_channel_history(config=config, channels=channels)
 
     async def alist(
         self,
