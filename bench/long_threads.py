@@ -10,16 +10,20 @@ characters of text per message) in one process against the same throwaway Postgr
 - the same agent graph on the stock `AsyncPostgresSaver`;
 - the classic `RunnableWithMessageHistory` + `PostgresChatMessageHistory` (one row per message).
 
-A thread grows by real turns to each length, then 15 more turns are timed (median ms),
-interleaved across subjects. Bytes per thread are the on-disk size of every row of that thread
-(`pg_column_size`, so TOAST compression counts as it does on disk) plus, for tiered, the Redis
-memory of its keys.
+A thread grows by real turns to each length, then 30 more turns are timed (median ms),
+interleaved across subjects, each after a short pause and on a collected and frozen heap
+(`gc.freeze`): the subjects share the services and one process, and what one subject leaves
+behind (background work in Postgres, garbage to collect) must not run on another's clock; a
+turn's own garbage is still collected on its own. Bytes per thread are the on-disk size of
+every row of that thread (`pg_column_size`, so TOAST compression counts as it does on disk)
+plus, for tiered, the Redis memory of its keys (`MEMORY USAGE`, exact).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import random
 import time
 import uuid
@@ -39,7 +43,10 @@ from threadline.graph.models import OfflineChatModel
 from threadline.settings import Settings
 
 LENGTHS = (10, 100, 1000, 5000)
-TIMED_TURNS = 15
+TIMED_TURNS = 30
+# Pause before each timed turn, so that work a previous subject's turn left to the services
+# (Postgres writing a 1000-message row, say) is not timed as the next subject's turn.
+SETTLE_SECONDS = 0.05
 SERVED_DURABILITY = "exit"  # how threadline's server runs a turn: one checkpoint, at its end
 CHECKPOINT_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 HISTORY_TABLE = "chat_history"
@@ -94,7 +101,7 @@ async def redis_bytes(url: str, thread_id: str) -> int:
     try:
         total = 0
         async for key in client.scan_iter(match=f"*{thread_id}*", count=1000):
-            total += int(await client.memory_usage(key) or 0)
+            total += int(await client.memory_usage(key, samples=0) or 0)  # exact, not sampled
         return total
     finally:
         await client.aclose()
@@ -204,14 +211,20 @@ async def measure(
             while messages[subject.name] < length:
                 await subject.turn(sentence(rngs[subject.name]))
                 messages[subject.name] += 2
+        # The subjects share one heap: freeze what exists, so that collecting one subject's
+        # garbage does not run on another's clock (a turn's own garbage still does).
+        gc.collect()
+        gc.freeze()
         for _ in range(TIMED_TURNS):
             for subject in subjects:
+                await asyncio.sleep(SETTLE_SECONDS)
                 start = time.perf_counter()
                 await subject.turn(sentence(rngs[subject.name]))
                 times[subject.name].setdefault(length, []).append(
                     (time.perf_counter() - start) * 1000
                 )
                 messages[subject.name] += 2
+        gc.unfreeze()
         for subject in subjects:
             ms, size = median(times[subject.name][length]), await subject.weigh()
             results[subject.name][length] = (ms, size)

@@ -22,6 +22,7 @@ late it arrives:
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,8 @@ from redis.backoff import NoBackoff
 from threadline.checkpointers.durable import CheckpointRecord, PreparedCheckpoint, PreparedWrites
 
 ABSENT_GEN = "0"
+# Channel values from this size on are stored compressed.
+COMPRESS_FROM_BYTES = 16 * 1024
 # A staged change whose commit never came (its writer died) stops blocking reads after this.
 ABANDONED_SECONDS = 60
 
@@ -305,6 +308,21 @@ def _pack(*items: Any) -> bytes:
     return ormsgpack.packb(items)
 
 
+def _pack_value(version: str, type_tag: str, blob: bytes) -> bytes:
+    """A channel value for the entry. Large ones (a transcript snapshot) are compressed: an
+    active thread's entry holds its transcript, and Redis memory is the dearest tier."""
+    if len(blob) >= COMPRESS_FROM_BYTES:
+        return _pack(version, type_tag, zlib.compress(blob, 1), "zlib")
+    return _pack(version, type_tag, blob)
+
+
+def _unpack_value(packed: bytes) -> tuple[str, str, bytes]:
+    version, type_tag, blob, *encoding = ormsgpack.unpackb(packed)
+    if encoding:
+        blob = zlib.decompress(blob)
+    return version, type_tag, blob
+
+
 def _write_field(task_id: str, idx: int, channel: str) -> bytes:
     return f"w:{task_id}\0{idx}\0{channel}".encode()
 
@@ -349,7 +367,7 @@ def _histories(fields: Mapping[bytes, bytes]) -> dict[str, HotHistory]:
         ordered.sort(key=lambda item: item[0])
         found[name.decode()] = HotHistory(
             since=None if since is None else since.decode(),
-            seed=None if seed is None else tuple(ormsgpack.unpackb(seed)[1:]),
+            seed=None if seed is None else _unpack_value(seed)[1:],
             writes=[write for _, write in ordered],
         )
     return found
@@ -468,7 +486,7 @@ class HotTier:
             packed = fields.get(b"c:" + channel.encode())
             if packed is None:
                 return None
-            version, type_tag, blob = ormsgpack.unpackb(packed)
+            version, type_tag, blob = _unpack_value(packed)
             if version != str(versions.get(channel)):
                 return None
             blobs[channel] = (type_tag, blob)
@@ -562,7 +580,7 @@ class HotTier:
             *channels.args(),
         ]
         for channel, version, type_tag, blob in values:
-            args += [b"c:" + channel.encode(), _pack(version, type_tag, blob)]
+            args += [b"c:" + channel.encode(), _pack_value(version, type_tag, blob)]
         return int(await self._install(keys=[entry, index], args=args))
 
     async def warm(
@@ -595,7 +613,7 @@ class HotTier:
             *channels.args(),
         ]
         for channel, (type_tag, blob) in record.blobs.items():
-            args += [b"c:" + channel.encode(), _pack(str(versions[channel]), type_tag, blob)]
+            args += [b"c:" + channel.encode(), _pack_value(str(versions[channel]), type_tag, blob)]
         for task_id, channel, type_tag, blob, task_path, idx in record.writes:
             args += [
                 _write_field(task_id, idx, channel),
@@ -611,7 +629,7 @@ class HotTier:
         name = channel.encode()
         fields: list[tuple[bytes, Any]] = [(b"h:" + name, checkpoint_id)]
         if "seed" in history:
-            fields.append((b"s:" + name, _pack("", *self.serde.dumps_typed(history["seed"]))))
+            fields.append((b"s:" + name, _pack_value("", *self.serde.dumps_typed(history["seed"]))))
         for seq, (task_id, write_channel, value) in enumerate(history["writes"]):
             fields.append(
                 (

@@ -29,7 +29,6 @@ from threadline.graph.memory import (
     BudgetTooSmallError,
     FoldPlan,
     View,
-    build_view,
     check_budget,
     last_human_index,
     plan_fold,
@@ -43,6 +42,7 @@ from threadline.graph.summarizer import (
 )
 from threadline.graph.telemetry import StepFacts, budget_telemetry, log_telemetry
 from threadline.graph.tokens import TokenCounter, tool_schema_tokens
+from threadline.graph.views import RecentViews
 
 log = logging.getLogger("threadline.memory")
 
@@ -74,6 +74,7 @@ class AgentNodes:
     _model: BaseChatModel | None = field(default=None, init=False, repr=False)
     _chat_model: Runnable[Any, BaseMessage] | None = field(default=None, init=False, repr=False)
     _tool_tokens: int | None = field(default=None, init=False, repr=False)
+    _views: RecentViews = field(default_factory=RecentViews, init=False, repr=False)
 
     # -- dependencies -------------------------------------------------------------------------
 
@@ -239,7 +240,7 @@ class AgentNodes:
     def _build_view(
         self, messages: Sequence[BaseMessage], summary: str, count: int, policy: MemoryPolicy
     ) -> View:
-        return build_view(messages, summary, count, policy, self.counter, self.tool_tokens)
+        return self._views.view(messages, summary, count, policy, self.counter, self.tool_tokens)
 
     def _view(self, state: ThreadState, policy: MemoryPolicy) -> list[BaseMessage]:
         summary, count = state.get("summary", ""), state.get("summarized_count", 0)
