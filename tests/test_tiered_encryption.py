@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+import zlib
 from urllib.parse import urlsplit
 
+import ormsgpack
 import pytest
 import redis
 from langchain_core.messages import AIMessage, HumanMessage
@@ -40,8 +42,20 @@ def postgres_dump(db_url: str) -> bytes:
     ).stdout  # fmt: skip
 
 
+def inflated(value: bytes) -> list[bytes]:
+    """A hot-tier value the tier stored compressed, decompressed (else nothing)."""
+    try:
+        items = ormsgpack.unpackb(value)
+    except ormsgpack.MsgpackDecodeError:
+        return []
+    if isinstance(items, list) and len(items) == 4 and items[3] == "zlib":
+        return [zlib.decompress(items[2])]
+    return []
+
+
 def redis_dump(redis_url: str, prefix: str) -> bytes:
-    """Every key and value under `prefix`, as Redis holds them."""
+    """Every key and value under `prefix`, as Redis holds them (and inflated if stored
+    compressed, which would otherwise hide plaintext from the search)."""
     client = redis.Redis.from_url(redis_url)
     chunks: list[bytes] = []
     try:
@@ -49,7 +63,7 @@ def redis_dump(redis_url: str, prefix: str) -> bytes:
             chunks.append(key)
             if client.type(key) == b"hash":
                 for field, value in client.hgetall(key).items():
-                    chunks += [field, value]
+                    chunks += [field, value, *inflated(value)]
             else:
                 chunks += list(client.smembers(key))
     finally:
