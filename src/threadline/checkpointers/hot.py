@@ -308,10 +308,11 @@ def _pack(*items: Any) -> bytes:
     return ormsgpack.packb(items)
 
 
-def _pack_value(version: str, type_tag: str, blob: bytes) -> bytes:
-    """A channel value for the entry. Large ones (a transcript snapshot) are compressed: an
-    active thread's entry holds its transcript, and Redis memory is the dearest tier."""
-    if len(blob) >= COMPRESS_FROM_BYTES:
+def _pack_value(version: str, type_tag: str, blob: bytes, *, snapshot: bool = False) -> bytes:
+    """A channel value for the entry. A large delta-channel snapshot (a whole transcript, kept
+    as the seed of its history while the thread is active) is compressed: Redis memory is the
+    dearest tier, and snapshots are written once per many turns, unlike ordinary values."""
+    if snapshot and len(blob) >= COMPRESS_FROM_BYTES:
         return _pack(version, type_tag, zlib.compress(blob, 1), "zlib")
     return _pack(version, type_tag, blob)
 
@@ -580,7 +581,8 @@ class HotTier:
             *channels.args(),
         ]
         for channel, version, type_tag, blob in values:
-            args += [b"c:" + channel.encode(), _pack_value(version, type_tag, blob)]
+            packed = _pack_value(version, type_tag, blob, snapshot=channel in channels.snapshots)
+            args += [b"c:" + channel.encode(), packed]
         return int(await self._install(keys=[entry, index], args=args))
 
     async def warm(
@@ -613,7 +615,10 @@ class HotTier:
             *channels.args(),
         ]
         for channel, (type_tag, blob) in record.blobs.items():
-            args += [b"c:" + channel.encode(), _pack_value(str(versions[channel]), type_tag, blob)]
+            packed = _pack_value(
+                str(versions[channel]), type_tag, blob, snapshot=channel in channels.snapshots
+            )
+            args += [b"c:" + channel.encode(), packed]
         for task_id, channel, type_tag, blob, task_path, idx in record.writes:
             args += [
                 _write_field(task_id, idx, channel),
@@ -629,7 +634,12 @@ class HotTier:
         name = channel.encode()
         fields: list[tuple[bytes, Any]] = [(b"h:" + name, checkpoint_id)]
         if "seed" in history:
-            fields.append((b"s:" + name, _pack_value("", *self.serde.dumps_typed(history["seed"]))))
+            fields.append(
+                (
+                    b"s:" + name,
+                    _pack_value("", *self.serde.dumps_typed(history["seed"]), snapshot=True),
+                )
+            )
         for seq, (task_id, write_channel, value) in enumerate(history["writes"]):
             fields.append(
                 (
