@@ -8,6 +8,7 @@ model is beside the point here, the stored transcript is the subject.
 from __future__ import annotations
 
 import random
+import re
 import statistics
 import uuid
 from collections.abc import Callable
@@ -259,9 +260,12 @@ async def test_thread_storage_stays_below_one_row_per_message_history(
     assert 0 < ours <= theirs, (ours, theirs)
 
 
+CHECKPOINT_TABLE = re.compile(r"\bcheckpoint(s|_blobs|_writes)\b")
+
+
 class StoreCalls:
-    """Counts commands sent to Redis (a script call is one) and checkpoint queries sent to
-    Postgres, while in the `with` block."""
+    """Counts commands sent to Redis (a script call is one) and queries of the checkpoint
+    tables sent to Postgres, while in the `with` block."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.redis = 0
@@ -277,7 +281,7 @@ class StoreCalls:
             await send(connection, command, check_health)
 
         async def counting_execute(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            self.postgres += "checkpoint" in str(query)
+            self.postgres += bool(CHECKPOINT_TABLE.search(str(query)))
             return await execute(cursor, query, *args, **kwargs)
 
         self._monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import redis
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from redis.asyncio.connection import AbstractConnection
 from redis.cluster import key_slot
 
@@ -166,6 +167,31 @@ async def test_writes_that_reach_redis_before_their_checkpoint_are_kept(open_tie
         assert found.record is not None
         pending = saver.durable.to_tuple(found.record).pending_writes
         assert pending == [("task-1", "inbox", "early bird"), ("task-1", "inbox", "second")]
+
+
+async def test_writes_to_the_parent_arriving_after_the_child_join_its_history(open_tiered):
+    """A delta channel's history at C1 is C0's value plus C0's writes; a write to C0 that
+    reaches Redis after C1's install is added to it (not lost, not a reason to fall back)."""
+    async with open_tiered() as saver:
+        thread_id = f"late-{uuid.uuid4().hex}"
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        c0, c1 = empty_checkpoint(), empty_checkpoint()
+        c0["channel_values"] = {"log": _DeltaSnapshot(["a"])}
+        c0["channel_versions"] = {"log": "1"}
+        c1["channel_versions"] = {"log": "2"}
+        prepare = saver.durable.prepare_put
+        first = prepare(config, c0, {}, {"log": "1"})
+        assert await saver.hot.put(first)
+        counters = {"counters_since_delta_snapshot": {"log": (1, 1)}}
+        assert await saver.hot.put(prepare(first.next_config, c1, counters, {"log": "2"}))
+        late = saver.durable.prepare_writes(first.next_config, [("log", "c")], "task-2")
+        assert await saver.hot.put_writes(late, "tok") is False  # C0 is no longer the entry
+        found = await saver.hot.read(thread_id, "", ["tok"])
+        history = found.histories["log"]
+        assert found.record is not None and found.record.checkpoint_id == c1["id"]
+        assert history.since is None and history.seed is not None
+        assert saver.serde.loads_typed(history.seed) == _DeltaSnapshot(["a"])
+        assert [saver.serde.loads_typed(w[2:]) for w in history.writes] == ["c"]
 
 
 async def test_sync_methods_work_from_worker_threads_only(open_tiered):

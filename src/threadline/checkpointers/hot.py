@@ -56,7 +56,8 @@ end
 # 'e:<checkpoint>\0<task>\0...' writes that arrived before their checkpoint's install;
 # per delta channel, 'h:' the checkpoint whose history the entry holds, 's:' that history's
 # seed, 'd:<channel>\0<checkpoint>\0...' its writes, 'k:<channel>\0<checkpoint>' the
-# checkpoints it spans, and 'n:' the checkpoint that stores the channel's value itself.
+# checkpoints it spans, and 'n:' the checkpoint that stores the channel's value itself;
+# 'up' is the parent of the entry's checkpoint.
 _CHANNELS = """
 local HISTORY = {['h:'] = true, ['s:'] = true, ['d:'] = true, ['k:'] = true, ['n:'] = true}
 local function channel_set(at)
@@ -166,18 +167,25 @@ _WRITES = (
 local k = KEYS[1]
 local first = commit(k, 5)
 local cur = redis.call('HGET', k, 'id')
+local set = ARGV[3] == '1' and 'HSET' or 'HSETNX'
 if cur and cur > ARGV[2] then
-  -- Late writes to an older checkpoint: any history built without them is incomplete.
+  -- Late writes to an older checkpoint. Those to the entry's parent join the histories
+  -- built from it; any other history built without them is incomplete.
+  local to_parent = redis.call('HGET', k, 'up') == ARGV[2]
   for i = first, #ARGV, 2 do
     local ch = write_channel(ARGV[i])
-    if ch then redis.call('HDEL', k, 'h:' .. ch) end
+    if ch and to_parent and redis.call('HGET', k, 'h:' .. ch) == cur then
+      redis.call(set, k, 'd:' .. ch .. '\\0' .. ARGV[2] .. '\\0' .. string.sub(ARGV[i], 3),
+        ARGV[i + 1])
+    elseif ch then
+      redis.call('HDEL', k, 'h:' .. ch)
+    end
   end
   return 0
 end
 redis.call('HSET', k, 'p:' .. ARGV[4], ARGV[2] .. '|' .. redis.call('TIME')[1])
 if cur ~= ARGV[2] then
   -- Early writes: their checkpoint's install is still on its way; it adopts them.
-  local set = ARGV[3] == '1' and 'HSET' or 'HSETNX'
   for i = first, #ARGV, 2 do
     redis.call(set, k, 'e:' .. ARGV[2] .. '\\0' .. string.sub(ARGV[i], 3), ARGV[i + 1])
   end
@@ -340,10 +348,11 @@ class _DeltaChannels:
 
     history: list[str]
     snapshots: list[str]
+    parent: str | None  # the checkpoint's parent: late writes to it join its histories
     extra: list[tuple[bytes, Any]] = field(default_factory=list)
 
     def args(self) -> list[Any]:
-        pairs = [item for pair in self.extra for item in pair]
+        pairs = [b"up", self.parent or "", *(item for pair in self.extra for item in pair)]
         return [len(self.history), *self.history, len(self.snapshots), *self.snapshots, *pairs]
 
 
@@ -526,6 +535,7 @@ class HotTier:
         channels = _DeltaChannels(
             history=history_channels(prepared.metadata, values),
             snapshots=[ch for ch, v in values.items() if isinstance(v, _DeltaSnapshot)],
+            parent=prepared.parent_id,
         )
         if prepared.parent_id:
             fields = [(ch, *value) for ch, value in changed.items()]
@@ -600,6 +610,7 @@ class HotTier:
         channels = _DeltaChannels(
             history=[],
             snapshots=[ch for ch in record.blobs if inline.get(ch) is True],
+            parent=record.parent_id,
         )
         for channel, history in (histories or {}).items():
             channels.extra += self._history_fields(record.checkpoint_id, channel, history)
