@@ -194,6 +194,26 @@ async def test_writes_to_the_parent_arriving_after_the_child_join_its_history(op
         assert [saver.serde.loads_typed(w[2:]) for w in history.writes] == ["c"]
 
 
+async def test_deployments_sharing_a_redis_keep_their_own_hot_entries(
+    postgres_db_url, other_postgres_db_url, plain_redis_url
+):
+    """Two databases, one Redis, the default key prefix: the same thread id in each
+    deployment reads its own state, never the other's hot entry."""
+    config = {"configurable": {"thread_id": "same-id"}}
+    prefixes = []
+    for db_url in (postgres_db_url, other_postgres_db_url):
+        async with TieredSaver.from_conn_string(db_url, plain_redis_url) as saver:
+            await take_turns(echo_graph(saver), config, [f"hello from {db_url[-8:]}"])
+            prefixes.append(saver.hot.prefix)
+    for db_url, prefix in zip((postgres_db_url, other_postgres_db_url), prefixes, strict=True):
+        async with TieredSaver.from_conn_string(db_url, plain_redis_url) as replica:
+            assert replica.hot.prefix == prefix  # every replica of a database agrees
+            state = await echo_graph(replica).aget_state(config)
+            assert human_texts(state) == [f"hello from {db_url[-8:]}"]
+    assert prefixes[0] != prefixes[1], prefixes
+    assert raw_keys(plain_redis_url, prefixes[0]) and raw_keys(plain_redis_url, prefixes[1])
+
+
 async def test_sync_methods_work_from_worker_threads_only(open_tiered):
     async with open_tiered() as saver:
         graph = echo_graph(saver)

@@ -60,6 +60,17 @@ JOURNAL_CHANNEL = "threadline_hot_invalid"
 WHOLE_THREAD = "\x1f*"  # journal namespace meaning "every namespace of the thread"
 ANY_CHECKPOINT = ""  # journal `below` meaning "whatever the entry holds"
 
+# One random id per database, so that deployments sharing a Redis never share hot entries.
+DEPLOYMENT_MIGRATIONS = (
+    """CREATE TABLE IF NOT EXISTS threadline_deployment (
+    singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
+    id TEXT NOT NULL
+)""",
+    "INSERT INTO threadline_deployment (id) VALUES (%s) ON CONFLICT DO NOTHING",
+)
+DEPLOYMENT_SELECT_SQL = "SELECT id FROM threadline_deployment"
+DEFAULT_KEY_PREFIX = "threadline"
+
 JOURNAL_MIGRATION = """
 CREATE TABLE IF NOT EXISTS threadline_hot_invalid (
     thread_id TEXT NOT NULL,
@@ -91,6 +102,26 @@ POSTGRES_FAULTS = (psycopg.Error, CheckpointStoreUnavailable)
 
 Key = tuple[str, str]
 T = TypeVar("T")
+
+
+async def _migrate(durable: DurablePostgresSaver) -> None:
+    await durable.setup()
+    async with durable._cursor() as cur:
+        await cur.execute(JOURNAL_MIGRATION)
+        await cur.execute(DEPLOYMENT_MIGRATIONS[0])
+        await cur.execute(DEPLOYMENT_MIGRATIONS[1], (os.urandom(6).hex(),))
+
+
+async def deployment_key_prefix(durable: DurablePostgresSaver) -> str:
+    """`threadline:<id>`, the id stored once per database at setup (or `threadline` for a
+    database set up before there was one)."""
+    try:
+        async with durable._cursor() as cur:
+            await cur.execute(DEPLOYMENT_SELECT_SQL)
+            row = await cur.fetchone()
+    except psycopg.errors.UndefinedTable:
+        row = None
+    return f"{DEFAULT_KEY_PREFIX}:{row['id']}" if row else DEFAULT_KEY_PREFIX
 
 
 def _merge_below(old: str | None, new: str) -> str:
@@ -141,10 +172,14 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         hot_ttl_seconds: float = 3600,
         redis_timeout_seconds: float = 0.1,
         redis_retry_seconds: float = 1.0,
-        key_prefix: str = "threadline",
+        key_prefix: str | None = None,
         setup: bool = True,
     ) -> AsyncIterator[TieredSaver]:
-        """A ready saver owning its Postgres pool and Redis client for the context."""
+        """A ready saver owning its Postgres pool and Redis client for the context.
+
+        Redis keys start with `key_prefix`, by default one derived from the database (see
+        `deployment_key_prefix`), so deployments sharing a Redis stay apart.
+        """
         async with DurablePostgresSaver.from_conn_string(
             postgres_url,
             pool_size=pool_size,
@@ -152,27 +187,26 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             serde=serde,
             setup=False,
         ) as durable:
+            if setup:
+                await _migrate(durable)
             hot = HotTier.from_url(
                 redis_url,
                 durable.serde,
                 ttl_seconds=hot_ttl_seconds,
                 timeout_seconds=redis_timeout_seconds,
-                prefix=key_prefix,
+                prefix=key_prefix or await deployment_key_prefix(durable),
             )
             saver = cls(durable, hot, redis_retry_seconds=redis_retry_seconds)
             try:
-                if setup:
-                    await saver.setup()
                 saver.follow_journal(postgres_url)
                 yield saver
             finally:
                 await saver.aclose()
 
     async def setup(self) -> None:
-        """Stock checkpoint tables and migrations, plus the invalidation journal."""
-        await self.durable.setup()
-        async with self.durable._cursor() as cur:
-            await cur.execute(JOURNAL_MIGRATION)
+        """Stock checkpoint tables and migrations, the invalidation journal and the
+        deployment id."""
+        await _migrate(self.durable)
 
     async def _watch_loop_lag(self) -> None:
         """Track how late this event loop runs callbacks (a decaying peak)."""
