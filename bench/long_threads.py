@@ -10,11 +10,12 @@ characters of text per message) in one process against the same throwaway Postgr
 - the same agent graph on the stock `AsyncPostgresSaver`;
 - the classic `RunnableWithMessageHistory` + `PostgresChatMessageHistory` (one row per message).
 
-A thread grows by real turns to each length, then 30 more turns are timed (median ms),
-interleaved across subjects, each after a short pause and on a collected and frozen heap
-(`gc.freeze`): the subjects share the services and one process, and what one subject leaves
-behind (background work in Postgres, garbage to collect) must not run on another's clock; a
-turn's own garbage is still collected on its own. Bytes per thread are the on-disk size of
+Threads grow by real turns to each length, then 30 turns are timed (median ms), on as many
+threads as keep each within a tenth of the length while timed (so @10 means threads of 10-12
+messages), interleaved across subjects, each after a short pause and on a collected and frozen
+heap (`gc.freeze`): the subjects share the services and one process, and what one subject
+leaves behind (background work in Postgres, garbage to collect) must not run on another's
+clock; a turn's own garbage is still collected on its own. Bytes per thread are the on-disk size of
 every row of that thread (`pg_column_size`, so TOAST compression counts as it does on disk)
 plus, for tiered, the Redis memory of its keys (`MEMORY USAGE`, exact).
 """
@@ -65,12 +66,19 @@ Turn = Callable[[str], Awaitable[object]]
 
 
 @dataclass
-class Subject:
-    """One way of keeping a conversation: how to take a turn and how to weigh a thread."""
+class Thread:
+    """One conversation: how to take a turn in it and how to weigh what it stores."""
 
-    name: str
     turn: Turn
     weigh: Callable[[], Awaitable[int]]
+
+
+@dataclass
+class Subject:
+    """One way of keeping conversations."""
+
+    name: str
+    new_thread: Callable[[], Thread]
 
 
 def sentence(rng: random.Random, chars: int = 200) -> str:
@@ -115,46 +123,54 @@ async def threadline_subject(kind: str, services: BenchServices) -> AsyncIterato
         postgres_url=services.postgres_url,  # type: ignore[arg-type]
         redis_url=services.plain_redis_url,  # type: ignore[arg-type]
     )
-    thread_id = f"long-{kind}-{uuid.uuid4().hex[:8]}"
-    config = {"configurable": {"thread_id": thread_id}}
     async with open_checkpointer(settings) as saver:
         graph = make_graph(saver, settings)
 
-        async def turn(text: str) -> object:
-            return await graph.ainvoke(
-                {"messages": [HumanMessage(text)]}, config, durability=SERVED_DURABILITY
-            )
+        def new_thread() -> Thread:
+            thread_id = f"long-{kind}-{uuid.uuid4().hex[:8]}"
+            config = {"configurable": {"thread_id": thread_id}}
 
-        async def weigh() -> int:
-            size = await rows_bytes(
-                services.postgres_url, CHECKPOINT_TABLES, "thread_id", thread_id
-            )
-            if kind == "tiered":
-                size += await redis_bytes(services.plain_redis_url, thread_id)
-            return size
+            async def turn(text: str) -> object:
+                return await graph.ainvoke(
+                    {"messages": [HumanMessage(text)]}, config, durability=SERVED_DURABILITY
+                )
 
-        yield Subject(f"threadline {kind}", turn, weigh)
+            async def weigh() -> int:
+                size = await rows_bytes(
+                    services.postgres_url, CHECKPOINT_TABLES, "thread_id", thread_id
+                )
+                if kind == "tiered":
+                    size += await redis_bytes(services.plain_redis_url, thread_id)
+                return size
+
+            return Thread(turn, weigh)
+
+        yield Subject(f"threadline {kind}", new_thread)
 
 
 @asynccontextmanager
 async def stock_postgres_subject(services: BenchServices) -> AsyncIterator[Subject]:
     settings = Settings(model="fake")
-    thread_id = f"long-stock-{uuid.uuid4().hex[:8]}"
-    config = {"configurable": {"thread_id": thread_id}}
     async with open_pool(services.postgres_url, 10) as pool:
         saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
         await saver.setup()
         graph = make_graph(saver, settings)
 
-        async def turn(text: str) -> object:
-            return await graph.ainvoke({"messages": [HumanMessage(text)]}, config)
+        def new_thread() -> Thread:
+            thread_id = f"long-stock-{uuid.uuid4().hex[:8]}"
+            config = {"configurable": {"thread_id": thread_id}}
 
-        async def weigh() -> int:
-            return await rows_bytes(
-                services.postgres_url, CHECKPOINT_TABLES, "thread_id", thread_id
-            )
+            async def turn(text: str) -> object:
+                return await graph.ainvoke({"messages": [HumanMessage(text)]}, config)
 
-        yield Subject("stock AsyncPostgresSaver", turn, weigh)
+            async def weigh() -> int:
+                return await rows_bytes(
+                    services.postgres_url, CHECKPOINT_TABLES, "thread_id", thread_id
+                )
+
+            return Thread(turn, weigh)
+
+        yield Subject("stock AsyncPostgresSaver", new_thread)
 
 
 @asynccontextmanager
@@ -163,7 +179,6 @@ async def message_history_subject(services: BenchServices) -> AsyncIterator[Subj
     from langchain_core.runnables.history import RunnableWithMessageHistory
     from langchain_postgres import PostgresChatMessageHistory
 
-    session_id = str(uuid.uuid4())
     async with await psycopg.AsyncConnection.connect(
         services.postgres_url, autocommit=True
     ) as conn:
@@ -181,56 +196,79 @@ async def message_history_subject(services: BenchServices) -> AsyncIterator[Subj
             input_messages_key="input",
             history_messages_key="history",
         )
-        config = {"configurable": {"session_id": session_id}}
 
-        async def turn(text: str) -> object:
-            return await chain.ainvoke({"input": text}, config)  # type: ignore[arg-type]
+        def new_thread() -> Thread:
+            session_id = str(uuid.uuid4())
+            config = {"configurable": {"session_id": session_id}}
 
-        async def weigh() -> int:
-            return await rows_bytes(
-                services.postgres_url, (HISTORY_TABLE,), "session_id", session_id
-            )
+            async def turn(text: str) -> object:
+                return await chain.ainvoke({"input": text}, config)  # type: ignore[arg-type]
 
-        yield Subject("RunnableWithMessageHistory + PostgresChatMessageHistory", turn, weigh)
+            async def weigh() -> int:
+                return await rows_bytes(
+                    services.postgres_url, (HISTORY_TABLE,), "session_id", session_id
+                )
+
+            return Thread(turn, weigh)
+
+        yield Subject("RunnableWithMessageHistory + PostgresChatMessageHistory", new_thread)
+
+
+def timed_turns_per_thread(length: int) -> int:
+    """Turns timed on one thread before the next: each adds two messages, and a thread may
+    grow by at most a tenth while timed, so short lengths are timed on several threads."""
+    return max(1, min(TIMED_TURNS, length // 20))
 
 
 async def measure(
     subjects: list[Subject], lengths: tuple[int, ...]
 ) -> dict[str, dict[int, tuple[float, int]]]:
-    """{subject: {length: (median ms of the turns that follow it, bytes after them)}}.
+    """{subject: {length: (median ms of turns on threads of that length, bytes per thread)}}.
 
-    Subjects grow to each length one after the other, then their timed turns interleave, so
-    a burst of noise on the shared machine hits all of them alike. A turn adds two messages.
+    Each subject grows threads to each length, then the timed turns interleave across
+    subjects, so a burst of noise on the shared machine hits all of them alike.
     """
     rngs = {s.name: random.Random(7) for s in subjects}
-    messages = dict.fromkeys(rngs, 0)
-    times: dict[str, dict[int, list[float]]] = {s.name: {} for s in subjects}
+    current = {s.name: (s.new_thread(), 0) for s in subjects}  # thread, its messages
     results: dict[str, dict[int, tuple[float, int]]] = {s.name: {} for s in subjects}
+
+    async def grown(subject: Subject, thread: Thread, messages: int, length: int) -> int:
+        while messages < length:
+            await thread.turn(sentence(rngs[subject.name]))
+            messages += 2  # a turn adds two messages
+        return messages
+
     for length in lengths:
-        for subject in subjects:
-            while messages[subject.name] < length:
-                await subject.turn(sentence(rngs[subject.name]))
-                messages[subject.name] += 2
-        # The subjects share one heap: freeze what exists, so that collecting one subject's
-        # garbage does not run on another's clock (a turn's own garbage still does).
-        gc.collect()
-        gc.freeze()
-        for _ in range(TIMED_TURNS):
+        per_thread = timed_turns_per_thread(length)
+        times: dict[str, list[float]] = {s.name: [] for s in subjects}
+        while len(times[subjects[0].name]) < TIMED_TURNS:
             for subject in subjects:
-                await asyncio.sleep(SETTLE_SECONDS)
-                start = time.perf_counter()
-                await subject.turn(sentence(rngs[subject.name]))
-                times[subject.name].setdefault(length, []).append(
-                    (time.perf_counter() - start) * 1000
-                )
-                messages[subject.name] += 2
-        gc.unfreeze()
+                thread, messages = current[subject.name]
+                if len(times[subject.name]) and len(times[subject.name]) % per_thread == 0:
+                    thread, messages = subject.new_thread(), 0
+                current[subject.name] = (thread, await grown(subject, thread, messages, length))
+            # The subjects share one process and the services: freeze what exists, so that
+            # collecting one subject's garbage does not run on another's clock (a turn's own
+            # garbage still does), and pause before each turn, so that background work a
+            # previous turn left (Postgres writing a 1000-message row) is not timed as the next.
+            gc.collect()
+            gc.freeze()
+            for _ in range(per_thread):
+                for subject in subjects:
+                    thread, messages = current[subject.name]
+                    await asyncio.sleep(SETTLE_SECONDS)
+                    start = time.perf_counter()
+                    await thread.turn(sentence(rngs[subject.name]))
+                    times[subject.name].append((time.perf_counter() - start) * 1000)
+                    current[subject.name] = (thread, messages + 2)
+            gc.unfreeze()
         for subject in subjects:
-            ms, size = median(times[subject.name][length]), await subject.weigh()
+            thread, messages = current[subject.name]
+            ms, size = median(times[subject.name]), await thread.weigh()
             results[subject.name][length] = (ms, size)
             print(
-                f"  {subject.name}: {messages[subject.name]} messages, {ms:.1f} ms/turn, "
-                f"{size / 1024:.0f} KiB",
+                f"  {subject.name}: {length} messages, {ms:.1f} ms/turn, {size / 1024:.0f} KiB "
+                f"(a thread of {messages} messages)",
                 flush=True,
             )
     return results
