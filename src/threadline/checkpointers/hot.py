@@ -299,6 +299,14 @@ class HotRead:
 
 
 @dataclass(frozen=True)
+class ScriptCall:
+    """The keys and arguments of one script call, built ahead of sending it."""
+
+    keys: list[str]
+    args: list[Any]
+
+
+@dataclass(frozen=True)
 class HotHistory:
     """A delta channel's history at the entry's checkpoint, as Redis sent it.
 
@@ -527,57 +535,73 @@ class HotTier:
         Only its new channel values travel if Redis already holds its parent. False if Redis
         holds something newer.
         """
-        changed = prepared.new_blobs()
-        head = self._head(
-            prepared.skeleton, prepared.metadata, prepared.parent_id, prepared.blob_channels
-        )
-        values = prepared.checkpoint["channel_values"]
-        channels = _DeltaChannels(
-            history=history_channels(prepared.metadata, values),
-            snapshots=[ch for ch, v in values.items() if isinstance(v, _DeltaSnapshot)],
-            parent=prepared.parent_id,
-        )
-        if prepared.parent_id:
-            fields = [(ch, *value) for ch, value in changed.items()]
-            # A value the checkpoint no longer holds (a delta channel past its snapshot) is
-            # blanked, so the entry does not keep a stale full copy of it.
-            values = prepared.checkpoint["channel_values"]
-            fields += [
-                (ch, str(v), "empty", b"")
-                for ch, v in prepared.checkpoint["channel_versions"].items()
-                if ch not in values
-            ]
-            done = await self._run_install(
-                prepared, head, prepared.parent_id, token, commits, channels, fields
-            )
+        if (partial := self.partial_install(prepared, token, commits)) is not None:
+            done = await self.install(partial)
             if done >= 0:
                 return done == 1
-        else:  # a root checkpoint: its histories are empty, and complete
-            channels.extra += [
-                (b"h:" + ch.encode(), prepared.checkpoint_id) for ch in channels.history
-            ]
+        return await self.install(self.full_install(prepared, token, commits)) == 1
+
+    def partial_install(
+        self, prepared: PreparedCheckpoint, token: str, commits: Sequence[str]
+    ) -> ScriptCall | None:
+        """The install of only a checkpoint's new values on top of its parent (None for a
+        root checkpoint). Building an install is CPU work (serialising, compressing) that
+        callers keep out of the time they allow Redis to answer."""
+        if not prepared.parent_id:
+            return None
+        values = prepared.checkpoint["channel_values"]
+        fields = [(ch, *value) for ch, value in prepared.new_blobs().items()]
+        # A value the checkpoint no longer holds (a delta channel past its snapshot) is
+        # blanked, so the entry does not keep a stale full copy of it.
+        fields += [
+            (ch, str(v), "empty", b"")
+            for ch, v in prepared.checkpoint["channel_versions"].items()
+            if ch not in values
+        ]
+        return self._install_call(prepared, prepared.parent_id, token, commits, fields)
+
+    def full_install(
+        self, prepared: PreparedCheckpoint, token: str, commits: Sequence[str]
+    ) -> ScriptCall:
+        """The install of a checkpoint with every value it holds."""
+        changed = prepared.new_blobs()
+        values = prepared.checkpoint["channel_values"]
         versions = prepared.checkpoint["channel_versions"]
-        full = []
+        fields = []
         for channel in prepared.blob_channels:
             if channel in changed:
-                full.append((channel, *changed[channel]))
+                fields.append((channel, *changed[channel]))
             else:
-                full.append(
+                fields.append(
                     (channel, str(versions[channel]), *self.serde.dumps_typed(values[channel]))
                 )
-        return await self._run_install(prepared, head, "", token, commits, channels, full) == 1
+        return self._install_call(prepared, "", token, commits, fields)
 
-    async def _run_install(
+    async def install(self, call: ScriptCall) -> int:
+        """Run an install: 1 done, 0 Redis holds something newer, -1 it lacks the parent."""
+        return int(await self._install(keys=call.keys, args=call.args))
+
+    def _install_call(
         self,
         prepared: PreparedCheckpoint,
-        head: bytes,
         parent: str,
         token: str,
         commits: Sequence[str],
-        channels: _DeltaChannels,
         values: Sequence[tuple[str, str, str, bytes]],
-    ) -> int:
-        entry, index = self.keys(prepared.thread_id, prepared.checkpoint_ns)
+    ) -> ScriptCall:
+        head = self._head(
+            prepared.skeleton, prepared.metadata, prepared.parent_id, prepared.blob_channels
+        )
+        channel_values = prepared.checkpoint["channel_values"]
+        channels = _DeltaChannels(
+            history=history_channels(prepared.metadata, channel_values),
+            snapshots=[ch for ch, v in channel_values.items() if isinstance(v, _DeltaSnapshot)],
+            parent=prepared.parent_id,
+        )
+        if not prepared.parent_id:  # a root checkpoint: its histories are empty, and complete
+            channels.extra += [
+                (b"h:" + ch.encode(), prepared.checkpoint_id) for ch in channels.history
+            ]
         args: list[Any] = [
             self.ttl_ms,
             prepared.checkpoint_ns,
@@ -593,7 +617,7 @@ class HotTier:
         for channel, version, type_tag, blob in values:
             packed = _pack_value(version, type_tag, blob, snapshot=channel in channels.snapshots)
             args += [b"c:" + channel.encode(), packed]
-        return int(await self._install(keys=[entry, index], args=args))
+        return ScriptCall(list(self.keys(prepared.thread_id, prepared.checkpoint_ns)), args)
 
     async def warm(
         self,
@@ -603,6 +627,15 @@ class HotTier:
     ) -> bool:
         """Install a checkpoint read from Postgres, with the delta histories read for it,
         unless the entry changed since `read`."""
+        return await self.install(self.warm_args(record, expected_gen, histories)) == 1
+
+    def warm_args(
+        self,
+        record: CheckpointRecord,
+        expected_gen: str,
+        histories: Mapping[str, DeltaChannelHistory] | None = None,
+    ) -> ScriptCall:
+        """The install of `warm`, built (serialised, compressed) before Redis is asked."""
         versions = record.skeleton["channel_versions"]
         head = self._head(record.skeleton, record.metadata, record.parent_id, list(record.blobs))
         entry, index = self.keys(record.thread_id, record.checkpoint_ns)
@@ -635,7 +668,7 @@ class HotTier:
                 _write_field(task_id, idx, channel),
                 _pack(task_id, channel, type_tag, blob, task_path, idx),
             ]
-        return int(await self._install(keys=[entry, index], args=args)) == 1
+        return ScriptCall([entry, index], args)
 
     def _history_fields(
         self, checkpoint_id: str, channel: str, history: DeltaChannelHistory
