@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,12 +189,8 @@ if cur ~= ARGV[2] then
   for i = first, #ARGV, 2 do
     redis.call(set, k, 'e:' .. ARGV[2] .. '\\0' .. string.sub(ARGV[i], 3), ARGV[i + 1])
   end
-elseif #ARGV > first then
-  if ARGV[3] == '1' then
-    redis.call('HSET', k, unpack(ARGV, first))
-  else
-    for i = first, #ARGV, 2 do redis.call('HSETNX', k, ARGV[i], ARGV[i + 1]) end
-  end
+else
+  for i = first, #ARGV, 2 do redis.call(set, k, ARGV[i], ARGV[i + 1]) end
 end
 redis.call('PEXPIRE', k, ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
@@ -296,6 +292,13 @@ class HotRead:
     pending: bool = False
     abandoned: bool = False
     histories: dict[str, HotHistory] = field(default_factory=dict)
+
+
+Through = Callable[[Callable[[], Awaitable[int]]], Awaitable[int]]
+
+
+async def _directly(call: Callable[[], Awaitable[int]]) -> int:
+    return await call()
 
 
 @dataclass(frozen=True)
@@ -528,25 +531,31 @@ class HotTier:
         return _pack(*self.serde.dumps_typed([skeleton, metadata, parent, channels]))
 
     async def put(
-        self, prepared: PreparedCheckpoint, token: str = "", commits: Sequence[str] = ()
+        self,
+        prepared: PreparedCheckpoint,
+        token: str = "",
+        commits: Sequence[str] = (),
+        *,
+        through: Through = _directly,
     ) -> bool:
         """Install a checkpoint, staged under `token` until its commit if one is given.
 
         Only its new channel values travel if Redis already holds its parent. False if Redis
-        holds something newer.
+        holds something newer. Each Redis call runs `through` (the caller's deadline), which
+        times only the call: installs are built (serialised, compressed) before it.
         """
         if (partial := self.partial_install(prepared, token, commits)) is not None:
-            done = await self.install(partial)
+            done = await through(lambda: self.install(partial))
             if done >= 0:
                 return done == 1
-        return await self.install(self.full_install(prepared, token, commits)) == 1
+        full = self.full_install(prepared, token, commits)
+        return await through(lambda: self.install(full)) == 1
 
     def partial_install(
         self, prepared: PreparedCheckpoint, token: str, commits: Sequence[str]
     ) -> ScriptCall | None:
         """The install of only a checkpoint's new values on top of its parent (None for a
-        root checkpoint). Building an install is CPU work (serialising, compressing) that
-        callers keep out of the time they allow Redis to answer."""
+        root checkpoint)."""
         if not prepared.parent_id:
             return None
         values = prepared.checkpoint["channel_values"]
@@ -624,18 +633,20 @@ class HotTier:
         record: CheckpointRecord,
         expected_gen: str,
         histories: Mapping[str, DeltaChannelHistory] | None = None,
+        *,
+        through: Through = _directly,
     ) -> bool:
         """Install a checkpoint read from Postgres, with the delta histories read for it,
-        unless the entry changed since `read`."""
-        return await self.install(self.warm_args(record, expected_gen, histories)) == 1
+        unless the entry changed since `read` (the Redis call runs `through`, as in `put`)."""
+        call = self._warm_install(record, expected_gen, histories)
+        return await through(lambda: self.install(call)) == 1
 
-    def warm_args(
+    def _warm_install(
         self,
         record: CheckpointRecord,
         expected_gen: str,
-        histories: Mapping[str, DeltaChannelHistory] | None = None,
+        histories: Mapping[str, DeltaChannelHistory] | None,
     ) -> ScriptCall:
-        """The install of `warm`, built (serialised, compressed) before Redis is asked."""
         versions = record.skeleton["channel_versions"]
         head = self._head(record.skeleton, record.metadata, record.parent_id, list(record.blobs))
         entry, index = self.keys(record.thread_id, record.checkpoint_ns)

@@ -444,9 +444,9 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         if record is None:
             return None
         if gen is not None and record.skeleton.get("v", 0) >= 4:
-            call = self.hot.warm_args(record, gen, await self._histories_to_warm(record))
+            histories = await self._histories_to_warm(record)
             try:
-                await self._redis(lambda: self.hot.install(call))
+                await self.hot.warm(record, gen, histories, through=self._redis)
             except REDIS_FAULTS as exc:
                 self._redis_failed(exc)
         return self.durable.to_tuple(record)
@@ -523,21 +523,11 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         prepared = self.durable.prepare_put(config, checkpoint, metadata, new_versions)
-
-        async def stage(token: str, commits: list[str]) -> bool:
-            hot = self.hot
-            if (partial := hot.partial_install(prepared, token, commits)) is not None:
-                done = await self._redis(lambda: hot.install(partial))
-                if done >= 0:
-                    return done == 1
-            full = hot.full_install(prepared, token, commits)
-            return await self._redis(lambda: hot.install(full)) == 1
-
         await self._write(
             (prepared.thread_id, prepared.checkpoint_ns),
             prepared.checkpoint_id,
             lambda also: self.durable.write_checkpoint(prepared, also),
-            stage,
+            lambda token, commits: self.hot.put(prepared, token, commits, through=self._redis),
         )
         return prepared.next_config
 
