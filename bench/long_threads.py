@@ -116,7 +116,11 @@ async def redis_bytes(url: str, thread_id: str) -> int:
 
 
 @asynccontextmanager
-async def threadline_subject(kind: str, services: BenchServices) -> AsyncIterator[Subject]:
+async def threadline_subject(
+    kind: str, services: BenchServices, durability: str | None = SERVED_DURABILITY
+) -> AsyncIterator[Subject]:
+    """threadline on a backend; turns as the server runs them, or with `durability=None`
+    LangGraph's default (a checkpoint per step: four per turn of this agent)."""
     settings = Settings(
         model="fake",
         checkpointer=kind,  # type: ignore[arg-type]
@@ -132,7 +136,9 @@ async def threadline_subject(kind: str, services: BenchServices) -> AsyncIterato
 
             async def turn(text: str) -> object:
                 return await graph.ainvoke(
-                    {"messages": [HumanMessage(text)]}, config, durability=SERVED_DURABILITY
+                    {"messages": [HumanMessage(text)]},
+                    config,
+                    durability=durability,  # type: ignore[arg-type]
                 )
 
             async def weigh() -> int:
@@ -145,7 +151,8 @@ async def threadline_subject(kind: str, services: BenchServices) -> AsyncIterato
 
             return Thread(turn, weigh)
 
-        yield Subject(f"threadline {kind}", new_thread)
+        suffix = "" if durability == SERVED_DURABILITY else " (default durability)"
+        yield Subject(f"threadline {kind}{suffix}", new_thread)
 
 
 @asynccontextmanager
@@ -280,6 +287,9 @@ async def main(lengths: tuple[int, ...]) -> None:
             subjects = [
                 await stack.enter_async_context(threadline_subject("postgres", services)),
                 await stack.enter_async_context(threadline_subject("tiered", services)),
+                await stack.enter_async_context(
+                    threadline_subject("postgres", services, durability=None)
+                ),
                 await stack.enter_async_context(stock_postgres_subject(services)),
                 await stack.enter_async_context(message_history_subject(services)),
             ]

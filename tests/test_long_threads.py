@@ -1,5 +1,6 @@
-"""Long threads: the transcript is stored as deltas plus an occasional snapshot, superseded
-checkpoints are compacted away, and a turn decodes only what it added.
+"""Long threads: the transcript is stored as deltas plus an occasional snapshot, every
+checkpoint is kept while old derived snapshots are retired, and a turn decodes only what it
+added.
 
 Everything runs on the real Postgres and the module-free Redis, with the offline model: the
 model is beside the point here, the stored transcript is the subject.
@@ -91,7 +92,7 @@ def assert_whole_transcript(messages: list[AnyMessage], texts: list[str]) -> Non
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "aes"])
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_long_thread_reads_back_whole_after_compaction(
+async def test_long_thread_reads_back_whole_with_one_snapshot_stored(
     backend: str, encrypted: bool, open_backend: Callable[..., Any], postgres_db_url: str
 ) -> None:
     texts = sentences(60)
@@ -106,8 +107,9 @@ async def test_long_thread_reads_back_whole_after_compaction(
     assert [m.id for m in output["messages"]] == [m.id for m in state.values["messages"]]
 
     rows = thread_rows(postgres_db_url, thread_id)
-    assert 1 <= rows["checkpoints"] < len(texts) // 2, rows
-    assert rows["message_blobs"] <= 1, rows
+    assert rows["checkpoints"] == len(texts) + 1, rows  # one per turn, and the first input's
+    # The newest derived snapshot, and at most one newer one not yet checked.
+    assert 1 <= rows["message_blobs"] <= 2, rows
 
     # A new process (no cache) reads the same transcript, ids included, and continues it.
     fresh_serde = make_serializer(AES_KEY if encrypted else None)
@@ -122,7 +124,7 @@ async def test_long_thread_reads_back_whole_after_compaction(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_history_lists_readable_states_since_the_last_compaction(
+async def test_history_lists_every_turn_with_its_state(
     backend: str, open_backend: Callable[..., Any]
 ) -> None:
     texts = sentences(30)
@@ -131,11 +133,11 @@ async def test_history_lists_readable_states_since_the_last_compaction(
         graph = offline_agent(saver)
         await run_turns(graph, config, texts)
         history = [s async for s in graph.aget_state_history(config)]
-        assert history
-        for snapshot in history:
-            humans = [m.content for m in snapshot.values["messages"] if m.type == "human"]
-            assert humans == texts[: len(humans)]
-        assert len(history[0].values["messages"]) == 2 * len(texts)
+        seen = [
+            [m.content for m in snapshot.values.get("messages", []) if m.type == "human"]
+            for snapshot in reversed(history)
+        ]
+        assert seen == [texts[:turns] for turns in range(len(texts) + 1)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -222,16 +224,24 @@ def test_reducer_is_batching_invariant_with_stable_ids() -> None:
     assert [m.content for m in one_by_one] == ["a", "b", "a", "b"]  # inputs left untouched
 
 
-async def test_thread_storage_stays_below_one_row_per_message_history(
+async def test_thread_storage_grows_linearly_with_its_whole_history_kept(
     open_durable: Callable[..., Any], postgres_db_url: str
 ) -> None:
+    """Every checkpoint is kept, yet bytes per turn stay flat as the thread doubles (snapshots
+    do not pile up), within a small multiple of a one-row-per-message history."""
     from langchain_postgres import PostgresChatMessageHistory
 
-    texts = sentences(150)
+    texts = sentences(300)
     config = thread_config("bytes")
+    thread_id = config["configurable"]["thread_id"]
+    tables = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
     async with open_durable() as saver:
         graph = offline_agent(saver)
-        state = await run_turns(graph, config, texts)
+        await run_turns(graph, config, texts[:150])
+        at_150 = weigh(postgres_db_url, tables, "thread_id", thread_id)
+        state = await run_turns(graph, config, texts[150:])
+    at_300 = weigh(postgres_db_url, tables, "thread_id", thread_id)
+    assert (at_300 - at_150) / 150 <= 1.15 * at_150 / 150, (at_150, at_300)
     session = str(uuid.uuid4())
     with psycopg.connect(postgres_db_url, autocommit=True) as conn:
         PostgresChatMessageHistory.create_tables(conn, "chat_history")
@@ -239,25 +249,23 @@ async def test_thread_storage_stays_below_one_row_per_message_history(
             state["messages"]
         )
 
-    def weigh(tables: tuple[str, ...], column: str, key: str) -> int:
-        with psycopg.connect(postgres_db_url) as conn:
-            total = 0
-            for table in tables:
-                row = conn.execute(
-                    f"SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM {table} t "
-                    f"WHERE {column} = %s",
-                    (key,),
-                ).fetchone()
-                total += int(row[0]) if row else 0
-        return total
+    theirs = weigh(postgres_db_url, ("chat_history",), "session_id", session)
+    # Measured 2.6x with the server's durability (a checkpoint row per turn is ~1 KB of
+    # LangGraph bookkeeping); `keep_latest` retention is what brings it under 1x.
+    assert 0 < at_300 <= 3 * theirs, (at_300, theirs)
 
-    ours = weigh(
-        ("checkpoints", "checkpoint_blobs", "checkpoint_writes"),
-        "thread_id",
-        config["configurable"]["thread_id"],
-    )
-    theirs = weigh(("chat_history",), "session_id", session)
-    assert 0 < ours <= theirs, (ours, theirs)
+
+def weigh(db_url: str, tables: tuple[str, ...], column: str, key: str) -> int:
+    """On-disk bytes of the rows (TOAST compression counted as stored)."""
+    with psycopg.connect(db_url) as conn:
+        total = 0
+        for table in tables:
+            row = conn.execute(
+                f"SELECT coalesce(sum(pg_column_size(t.*)), 0) FROM {table} t WHERE {column} = %s",
+                (key,),
+            ).fetchone()
+            total += int(row[0]) if row else 0
+    return total
 
 
 CHECKPOINT_TABLE = re.compile(r"\bcheckpoint(s|_blobs|_writes)\b")

@@ -293,6 +293,47 @@ async def test_studio_state_shows_the_running_summary_and_per_run_budget(
     assert said[0] not in last_turn.texts("user")  # folded away, reaching the model as summary
 
 
+async def test_a_fork_made_in_studio_leaves_the_old_branch_readable(studio: DevServer) -> None:
+    """Studio's time travel: re-run from the first turn's checkpoint, and edit an old one.
+    The branch left behind keeps every checkpoint and its exact values."""
+    client = get_client(url=studio.url)
+    thread_id = (await client.threads.create())["thread_id"]
+    said = ["fork one", "fork two"]
+    for text in said:
+        await client.runs.wait(
+            thread_id, "agent", input={"messages": [{"role": "user", "content": text}]}
+        )
+    old_branch = await client.threads.get_history(thread_id, limit=100)
+    old_head = old_branch[0]["checkpoint"]["checkpoint_id"]
+    first_turn = next(
+        h
+        for h in old_branch
+        if contents(h["values"].get("messages", [])) == ["fork one", "echo: fork one"]
+    )
+    await client.runs.wait(
+        thread_id,
+        "agent",
+        input={"messages": [{"role": "user", "content": "fork two, again"}]},
+        checkpoint_id=first_turn["checkpoint"]["checkpoint_id"],
+    )
+    await client.threads.update_state(
+        thread_id,
+        {"messages": [{"role": "user", "content": "an edit"}]},
+        checkpoint_id=first_turn["checkpoint"]["checkpoint_id"],
+    )
+    expected_old = [part for text in said for part in (text, f"echo: {text}")]
+    head = await client.threads.get_state(thread_id, checkpoint_id=old_head)
+    assert contents(head["values"]["messages"]) == expected_old, studio.log_tail()
+    everything = await client.threads.get_history(thread_id, limit=200)
+    assert len(everything) > len(old_branch)
+    by_id = {h["checkpoint"]["checkpoint_id"]: h for h in everything}
+    for before in old_branch:
+        again = by_id[before["checkpoint"]["checkpoint_id"]]
+        assert contents(again["values"].get("messages", [])) == contents(
+            before["values"].get("messages", [])
+        )
+
+
 async def test_threadline_http_api_is_mounted_beside_the_langgraph_api(
     studio: DevServer,
 ) -> None:

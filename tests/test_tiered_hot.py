@@ -135,13 +135,16 @@ async def test_late_writes_never_roll_an_entry_back(open_tiered):
         older, newer = empty_checkpoint(), empty_checkpoint()
         older["channel_values"] = {"step": "older"}
         newer["channel_values"] = {"step": "newer"}
+        older["channel_versions"] = {"step": "1"}
+        newer["channel_versions"] = {"step": "2"}
         assert older["id"] < newer["id"]
         prepare = saver.durable.prepare_put
-        await saver.hot.put(prepare(config, newer, {}, {}))
-        assert await saver.hot.put(prepare(config, older, {}, {})) is False
+        await saver.hot.put(prepare(config, newer, {}, {"step": "2"}))
+        assert await saver.hot.put(prepare(config, older, {}, {"step": "1"})) is False
         found = await saver.hot.read(thread_id, "")
         assert found.record is not None
-        assert found.record.skeleton["channel_values"] == {"step": "newer"}
+        values = saver.durable.to_tuple(found.record).checkpoint["channel_values"]
+        assert values == {"step": "newer"}
 
         read_before = await saver.hot.read(thread_id, "")
         await saver.hot.invalidate(thread_id, "")

@@ -1,4 +1,4 @@
-"""Delta channels on the Postgres schema: history in O(new writes), compaction at snapshots.
+"""Delta channels on the Postgres schema: history in O(new writes), old snapshots retired.
 
 A `DeltaChannel` checkpoint stores no value for the channel; reading it means replaying the
 writes of its ancestors since the nearest snapshot. Done naively that is O(thread) per turn.
@@ -8,24 +8,32 @@ Two facts make it O(turn):
   at parent(C). So decoded histories are cached in-process under (thread, ns, checkpoint id)
   and a turn fetches and decodes only its parent's writes, in one query. Entries can never be
   stale, so any number of replicas can each keep their own cache.
-- Once a checkpoint holds a snapshot of every delta channel (LangGraph writes it and leaves no
-  `counters_since_delta_snapshot` behind), nothing older is needed to read it. Storing such a
-  checkpoint deletes the thread's older checkpoints, their writes and unreferenced blobs in the
-  same transaction, so storage stays one snapshot plus the deltas since.
+- Nothing is deleted by writing: every checkpoint and every branch stays readable. What
+  would grow is snapshots (a transcript snapshot every 1/16 of its length adds up to ~17
+  transcripts). A snapshot that replay rebuilds exactly ("derived": the seed it would start
+  from plus the writes since) is recorded in `threadline_delta_seeds`; when the next derived
+  snapshot of the channel is recorded, the older ones are retired (blob and marker dropped),
+  so a thread keeps its deltas, the snapshots that carry information (a branch's first, an
+  `Overwrite`'s), and one derived snapshot per channel. Reading an old checkpoint may then
+  replay from further back; reading the latest stays O(turn). Under durability "exit"
+  LangGraph stores no writes for a channel it snapshots; the saver stores that tail itself
+  (see `missing_tail`), so those snapshots become derived too.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from langchain_core.messages import BaseMessage
 from langgraph.checkpoint.base import DeltaChannelHistory, writes_sort_key
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncCursor
 from psycopg.rows import DictRow
 
-Statement = tuple[str, Sequence[Any]]
 HistoryKey = tuple[str, str, str, str]  # thread, namespace, checkpoint id, channel
 
 # The target's parent, the requested channels the parent stores a value for (a seed), and
@@ -52,18 +60,94 @@ LEFT JOIN checkpoint_writes w ON w.thread_id = %(thread)s AND w.checkpoint_ns = 
     AND w.checkpoint_id = target.parent AND w.channel = ANY(%(channels)s::text[])
 """
 
-COMPACT_SUPERSEDED_SQL = (
-    """DELETE FROM checkpoint_writes
-    WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id < %s""",
-    """DELETE FROM checkpoints
-    WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id < %s""",
+SEEDS_MIGRATION = """
+CREATE TABLE IF NOT EXISTS threadline_delta_seeds (
+    thread_id TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL,
+    version TEXT NOT NULL,
+    PRIMARY KEY (thread_id, checkpoint_ns, channel, checkpoint_id)
+)"""
+
+# Record a snapshot as derived, and retire the other derived snapshots of the channel: their
+# blob goes, and so does the `true` marker on their checkpoint, so every reader (this saver's
+# and the stock one) walks past them to an older snapshot or to the start of the thread.
+RETIRE_SEEDS_SQL = """
+WITH retired AS (
+    DELETE FROM threadline_delta_seeds
+    WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND channel = %(channel)s
+        AND checkpoint_id <> %(id)s
+    RETURNING checkpoint_id, version
+), unblobbed AS (
+    DELETE FROM checkpoint_blobs b USING retired r
+    WHERE b.thread_id = %(thread)s AND b.checkpoint_ns = %(ns)s AND b.channel = %(channel)s
+        AND b.version = r.version
+), unmarked AS (
+    UPDATE checkpoints c SET checkpoint = c.checkpoint #- ARRAY['channel_values', %(channel)s]
+    FROM retired r
+    WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = %(ns)s
+        AND c.checkpoint_id = r.checkpoint_id
 )
-COMPACT_BLOBS_SQL = """DELETE FROM checkpoint_blobs b
-    WHERE b.thread_id = %s AND b.checkpoint_ns = %s AND NOT EXISTS (
-        SELECT 1 FROM checkpoints c
-        WHERE c.thread_id = b.thread_id AND c.checkpoint_ns = b.checkpoint_ns
-            AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version
-    )"""
+INSERT INTO threadline_delta_seeds (thread_id, checkpoint_ns, channel, checkpoint_id, version)
+VALUES (%(thread)s, %(ns)s, %(channel)s, %(id)s, %(version)s) ON CONFLICT DO NOTHING
+"""
+# A snapshot's tail: the messages it added whose writes were never stored, written onto the
+# snapshot's parent (only if that is stored: a walk that does not find it reads none of its
+# writes), which makes the snapshot derived. The same shape as LangGraph's exit-mode writes.
+STORE_TAIL_SQL = """
+INSERT INTO checkpoint_writes
+    (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s
+WHERE EXISTS (
+    SELECT 1 FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s
+)
+ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+DO UPDATE SET blob = EXCLUDED.blob
+RETURNING 1
+"""
+TAIL_TASK_NAMESPACE = uuid.UUID("0b7f4f8e-3c2a-4d59-8f1e-5a6c7d8e9f10")
+# After checkpoints were deleted (runs, prune), a recorded snapshot's chain may be broken:
+# forget the records, so that those snapshots are kept for good.
+FORGET_SEEDS_SQL = "DELETE FROM threadline_delta_seeds WHERE thread_id = ANY(%s)"
+
+
+@dataclass(frozen=True)
+class StoredSnapshots:
+    """The delta snapshots one stored checkpoint holds: channel -> (version, value)."""
+
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    parent_id: str | None
+    values: dict[str, tuple[str, Any]]
+
+
+class PendingSnapshots:
+    """Snapshots waiting for their check, one entry per (thread, namespace).
+
+    A snapshot is checked at the thread's next put, when the writes that led to it are
+    surely stored (under durability "exit" they are put beside the checkpoint, not before
+    it). Bounded: an entry pushed out is never checked, and its snapshot is simply kept.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str], StoredSnapshots] = OrderedDict()
+
+    def swap(self, key: tuple[str, str], new: StoredSnapshots | None) -> StoredSnapshots | None:
+        """Take the entry waiting for `key`, leaving `new` (if any) in its place."""
+        earlier = self._entries.pop(key, None)
+        if new is not None:
+            self._entries[key] = new
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return earlier
+
+    def forget(self, thread_ids: Sequence[str]) -> None:
+        doomed = set(thread_ids)
+        for key in [k for k in self._entries if k[0] in doomed]:
+            del self._entries[key]
 
 
 class Loads(Protocol):
@@ -204,16 +288,50 @@ async def _parent_step(
     return rows[0]["parent"], set(rows[0]["seeded"] or ()), writes
 
 
-def compaction_statements(
-    thread_id: str, checkpoint_ns: str, checkpoint_id: str, checkpoint: Any, metadata: Any
-) -> list[Statement]:
-    """Deletes of everything a new checkpoint supersedes, if it snapshots all delta channels."""
-    snapshots = any(isinstance(v, _DeltaSnapshot) for v in checkpoint["channel_values"].values())
-    if not snapshots or metadata.get("counters_since_delta_snapshot"):
-        return []
-    target = (thread_id, checkpoint_ns, checkpoint_id)
-    superseded = [(sql, target) for sql in COMPACT_SUPERSEDED_SQL]
-    return [*superseded, (COMPACT_BLOBS_SQL, (thread_id, checkpoint_ns))]
+def missing_tail(value: Any, history: DeltaChannelHistory) -> list[BaseMessage] | None:
+    """What a snapshot holds beyond what replaying `history` rebuilds: `[]` if the snapshot
+    is exactly that replay ("derived"), the trailing messages if it is that replay plus
+    messages whose writes were never stored (durability "exit" stores no writes for a
+    channel it snapshots), None if it is anything else.
+
+    The saver has no reducer to replay with, so only a message transcript qualifies:
+    messages with distinct ids that start with the seed's followed by the written ones, item
+    for item (the same objects, usually). An `add_messages`-style reducer returns exactly that
+    for such writes. A snapshot that started a branch, or followed writes that another branch
+    consumed, an `Overwrite` or a removal, never matches.
+    """
+    if not isinstance(value, list) or not all(isinstance(m, BaseMessage) for m in value):
+        return None
+    ids = {m.id for m in value}
+    if None in ids or len(ids) != len(value):
+        return None
+    seed: Any = history.get("seed", [])
+    base = seed.value if isinstance(seed, _DeltaSnapshot) else seed
+    if not isinstance(base, list):
+        return None
+    items = list(base)
+    for _, _, written in history["writes"]:
+        items.extend(written if isinstance(written, list) else [written])
+    if len(items) > len(value) or not all(
+        a is b or a == b for a, b in zip(items, value, strict=False)
+    ):
+        return None
+    return value[len(items) :]
 
 
-__all__ = ["HistoryCache", "compaction_statements", "delta_history"]
+def tail_task_id(checkpoint_id: str) -> str:
+    """Task id of the stored tail writes of a snapshot (a valid UUID, never the null task)."""
+    return str(uuid.uuid5(TAIL_TASK_NAMESPACE, checkpoint_id))
+
+
+__all__ = [
+    "FORGET_SEEDS_SQL",
+    "RETIRE_SEEDS_SQL",
+    "SEEDS_MIGRATION",
+    "HistoryCache",
+    "PendingSnapshots",
+    "StoredSnapshots",
+    "delta_history",
+    "missing_tail",
+    "tail_task_id",
+]

@@ -13,6 +13,7 @@ can hand the very same bytes to Redis.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -45,13 +46,26 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from threadline.checkpointers.delta import HistoryCache, compaction_statements, delta_history
+from threadline.checkpointers.delta import (
+    FORGET_SEEDS_SQL,
+    RETIRE_SEEDS_SQL,
+    SEEDS_MIGRATION,
+    STORE_TAIL_SQL,
+    HistoryCache,
+    PendingSnapshots,
+    StoredSnapshots,
+    delta_history,
+    missing_tail,
+    tail_task_id,
+)
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.serde import (
     UnencryptedDataError,
     ValueSealer,
     metadata_matches,
 )
+
+logger = logging.getLogger(__name__)
 
 # Sibling of `channel_values` in the checkpoint JSONB holding the sealed primitive values.
 SEALED_VALUES = "$enc_values"
@@ -93,6 +107,13 @@ DELETE_THREAD_SQL = (
     "DELETE FROM checkpoints WHERE thread_id = %s",
     "DELETE FROM checkpoint_blobs WHERE thread_id = %s",
     "DELETE FROM checkpoint_writes WHERE thread_id = %s",
+    "DELETE FROM threadline_delta_seeds WHERE thread_id = %s",
+)
+# Rows longer than this are compressed in place (the default, ~2 KB, leaves checkpoint rows
+# and single-message writes uncompressed). A storage parameter: the stock schema is unchanged.
+COMPRESSED_TABLES_SQL = tuple(
+    f"ALTER TABLE {table} SET (toast_tuple_target = 128)"
+    for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 )
 
 
@@ -114,7 +135,15 @@ class PreparedCheckpoint:
     blob_channels: list[str]  # channels whose values live in checkpoint_blobs
     blob_rows: list[tuple[Any, ...]]  # checkpoint_blobs rows for this put's new versions
     row: tuple[Any, ...]  # the checkpoints row
-    compaction: list[Statement] = field(default_factory=list)  # deletes of what it supersedes
+
+    def snapshots(self) -> dict[str, tuple[str, Any]]:
+        """Channel -> (version, value) of the delta-channel snapshots this put stores."""
+        versions = self.checkpoint["channel_versions"]
+        return {
+            k: (str(versions[k]), v.value)
+            for k, v in self.checkpoint["channel_values"].items()
+            if isinstance(v, _DeltaSnapshot) and k in versions
+        }
 
     def new_blobs(self) -> dict[str, tuple[str, str, bytes]]:
         """Channel -> (version, type, bytes) of the values this put wrote."""
@@ -173,6 +202,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         super().__init__(pool, serde=serde)
         self.sealer = ValueSealer(self.serde)
         self.delta_histories = HistoryCache()
+        self.pending_snapshots = PendingSnapshots()
 
     @classmethod
     @asynccontextmanager
@@ -191,6 +221,15 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             if setup:
                 await saver.setup()
             yield saver
+
+    async def setup(self) -> None:
+        """The stock tables and migrations, then threadline's: the derived-snapshot records and
+        in-place compression of checkpoint rows."""
+        await super().setup()
+        async with self._cursor() as cur:
+            await cur.execute(SEEDS_MIGRATION)
+            for sql in COMPRESSED_TABLES_SQL:
+                await cur.execute(sql)
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
@@ -232,7 +271,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             if isinstance(v, _DeltaSnapshot):
                 blob_values[k] = v
                 markers[k] = True
-            elif v is None or isinstance(v, str | int | float | bool):
+            elif v is None:
                 inline[k] = v
             else:
                 blob_values[k] = v
@@ -265,9 +304,6 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             blob_channels=[k for k in blob_values if k in checkpoint["channel_versions"]],
             blob_rows=self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions),
             row=row,
-            compaction=compaction_statements(
-                thread_id, checkpoint_ns, checkpoint["id"], checkpoint, md
-            ),
         )
 
     async def write_checkpoint(
@@ -278,8 +314,6 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             if prepared.blob_rows:
                 await cur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, prepared.blob_rows)
             await cur.execute(self.UPSERT_CHECKPOINTS_SQL, prepared.row)
-            for sql, params in prepared.compaction:
-                await cur.execute(sql, params)
             for sql, params in also:
                 await cur.execute(sql, params)
 
@@ -292,7 +326,71 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
     ) -> RunnableConfig:
         prepared = self.prepare_put(config, checkpoint, metadata, new_versions)
         await self.write_checkpoint(prepared)
+        await self.settle_snapshots(prepared)
         return prepared.next_config
+
+    async def settle_snapshots(self, prepared: PreparedCheckpoint) -> None:
+        """After a put: check the thread's previous snapshots, now that everything that led
+        to them is stored; record the derived ones and retire the channel's older derived
+        snapshots (see `delta`). Best effort: a snapshot left unrecorded is merely kept."""
+        snapshots = prepared.snapshots()
+        stored = (
+            StoredSnapshots(
+                prepared.thread_id,
+                prepared.checkpoint_ns,
+                prepared.checkpoint_id,
+                prepared.parent_id,
+                snapshots,
+            )
+            if snapshots
+            else None
+        )
+        earlier = self.pending_snapshots.swap((prepared.thread_id, prepared.checkpoint_ns), stored)
+        if earlier is None or earlier.checkpoint_id == prepared.checkpoint_id:
+            return
+        try:
+            await self._record_derived(earlier)
+        except (psycopg.Error, CheckpointStoreUnavailable) as exc:
+            logger.warning("kept older delta snapshots (%s)", type(exc).__name__)
+
+    async def _record_derived(self, snapshots: StoredSnapshots) -> None:
+        thread_id, ns, checkpoint_id = (
+            snapshots.thread_id,
+            snapshots.checkpoint_ns,
+            snapshots.checkpoint_id,
+        )
+        histories = await self.aget_delta_channel_history(
+            config=_config(thread_id, ns, checkpoint_id), channels=list(snapshots.values)
+        )
+        async with self._cursor() as cur, cur.connection.transaction():
+            for channel, (version, value) in snapshots.values.items():
+                tail = missing_tail(value, histories[channel])
+                if tail is None:
+                    continue
+                if tail and not await self._store_tail(cur, snapshots, channel, tail):
+                    continue
+                self.delta_histories.discard((thread_id, ns, checkpoint_id, channel))
+                params = {"thread": thread_id, "ns": ns, "channel": channel}
+                await cur.execute(
+                    RETIRE_SEEDS_SQL, {**params, "id": checkpoint_id, "version": version}
+                )
+
+    async def _store_tail(
+        self,
+        cur: AsyncCursor[DictRow],
+        snapshots: StoredSnapshots,
+        channel: str,
+        tail: list[Any],
+    ) -> bool:
+        """Store a snapshot's unstored messages as a write on its parent, if that is stored."""
+        if snapshots.parent_id is None:
+            return False
+        key = (snapshots.thread_id, snapshots.checkpoint_ns, snapshots.parent_id)
+        (row,) = self._dump_writes(
+            *key, tail_task_id(snapshots.checkpoint_id), "", [(channel, tail)]
+        )
+        await cur.execute(STORE_TAIL_SQL, (*row, *key))
+        return await cur.fetchone() is not None
 
     def prepare_writes(
         self,
@@ -484,9 +582,16 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
     # --------------------------------------------------------------- deletion
 
     async def adelete_thread(self, thread_id: str) -> None:
+        self.pending_snapshots.forget([str(thread_id)])
         async with self._cursor(pipeline=True) as cur:
             for sql in DELETE_THREAD_SQL:
                 await cur.execute(sql, (str(thread_id),))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self.pending_snapshots.forget([str(t) for t in thread_ids])
+        await super().aprune(thread_ids, strategy=strategy)
+        async with self._cursor() as cur:
+            await cur.execute(FORGET_SEEDS_SQL, ([str(t) for t in thread_ids],))
 
     async def delete_runs(self, run_ids: Sequence[str]) -> set[tuple[str, str]]:
         """Delete the checkpoints (and their writes and orphaned blobs) of these runs.
@@ -526,6 +631,8 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
                 freed[(d["thread_id"], d["checkpoint_ns"])].extend(
                     {"channel": ch, "version": str(v)} for ch, v in (d["versions"] or {}).items()
                 )
+            self.pending_snapshots.forget(sorted({t for t, _ in freed}))
+            await cur.execute(FORGET_SEEDS_SQL, (sorted({t for t, _ in freed}),))
             for (thread_id, ns), versions in freed.items():
                 await cur.execute(PRUNE_REFERENCED_BLOBS_SQL, (thread_id, ns))
                 referenced = await cur.fetchall()

@@ -529,6 +529,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             lambda also: self.durable.write_checkpoint(prepared, also),
             lambda token, commits: self.hot.put(prepared, token, commits, through=self._redis),
         )
+        await self.durable.settle_snapshots(prepared)
         return prepared.next_config
 
     async def aput_writes(
