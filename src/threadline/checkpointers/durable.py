@@ -109,12 +109,6 @@ DELETE_THREAD_SQL = (
     "DELETE FROM checkpoint_writes WHERE thread_id = %s",
     "DELETE FROM threadline_delta_seeds WHERE thread_id = %s",
 )
-# Rows longer than this are compressed in place (the default, ~2 KB, leaves checkpoint rows
-# and single-message writes uncompressed). A storage parameter: the stock schema is unchanged.
-COMPRESSED_TABLES_SQL = tuple(
-    f"ALTER TABLE {table} SET (toast_tuple_target = 128)"
-    for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
-)
 
 
 class CheckpointStoreUnavailable(RuntimeError):
@@ -223,13 +217,10 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             yield saver
 
     async def setup(self) -> None:
-        """The stock tables and migrations, then threadline's: the derived-snapshot records and
-        in-place compression of checkpoint rows."""
+        """The stock tables and migrations, then threadline's derived-snapshot records."""
         await super().setup()
         async with self._cursor() as cur:
             await cur.execute(SEEDS_MIGRATION)
-            for sql in COMPRESSED_TABLES_SQL:
-                await cur.execute(sql)
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
