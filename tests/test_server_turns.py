@@ -71,6 +71,34 @@ async def test_a_retried_idempotency_key_returns_the_first_result(
     assert len(await transcript(client)) == 4
 
 
+async def test_a_retry_many_turns_later_still_returns_the_first_result(
+    client: httpx.AsyncClient, openai_stub: OpenAIStub
+) -> None:
+    """Past the transcript's snapshots (which used to delete the checkpoint holding the key)."""
+    key = {"Idempotency-Key": "early"}
+    first = await client.post("/agent/invoke", json=turn("the first one"), headers=key)
+    for n in range(14):
+        await client.post("/agent/invoke", json=turn(f"filler {n}"))
+    calls = len(openai_stub.completions)
+    late = await client.post("/agent/invoke", json=turn("the first one"), headers=key)
+    assert late.status_code == 200
+    assert late.json()["output"] == first.json()["output"]
+    assert len(openai_stub.completions) == calls
+    assert (await transcript(client)).count("the first one") == 1
+
+
+async def test_a_key_reused_for_a_different_request_is_422(
+    client: httpx.AsyncClient, openai_stub: OpenAIStub
+) -> None:
+    key = {"Idempotency-Key": "order-8"}
+    assert (await client.post("/agent/invoke", json=turn("one"), headers=key)).status_code == 200
+    other = await client.post("/agent/invoke", json=turn("something else"), headers=key)
+    assert other.status_code == 422, other.text
+    assert "different request" in other.json()["detail"]
+    assert len(openai_stub.completions) == 1
+    assert await transcript(client) == ["one", "echo: one"]
+
+
 async def test_a_resent_message_id_is_not_added_twice(
     client: httpx.AsyncClient, openai_stub: OpenAIStub
 ) -> None:

@@ -8,10 +8,13 @@ when the turn does, in whichever backend holds the thread.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import HTTPException
+from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.graph.state import CompiledStateGraph
@@ -20,6 +23,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_CONFIG_KEY = "__threadline_idempotency_key"
 KEY_METADATA = "threadline_idempotency_key"
 MESSAGE_METADATA = "threadline_message_id"
+DIGEST_METADATA = "threadline_request_digest"
 MAX_KEY_CHARS = 255
 
 
@@ -37,14 +41,35 @@ def _message_field(message: Any, name: str) -> Any:
     return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
 
 
-def new_message_id(input: Any) -> str | None:
-    """The id the client gave its newest human message, if any."""
+def _newest_human(input: Any) -> Any:
     messages = input.get("messages") if isinstance(input, Mapping) else None
     for message in reversed(messages or []):
         if _message_field(message, "type") in ("human", "user"):
-            message_id = _message_field(message, "id")
-            return message_id if isinstance(message_id, str) and message_id else None
+            return message
     return None
+
+
+def new_message_id(input: Any) -> str | None:
+    """The id the client gave its newest human message, if any."""
+    message_id = _message_field(_newest_human(input), "id")
+    return message_id if isinstance(message_id, str) and message_id else None
+
+
+def _comparable(message: Any) -> Any:
+    if isinstance(message, BaseMessage):
+        return {"type": message.type, "content": message.content, "id": message.id}
+    if isinstance(message, Mapping):
+        return {name: message.get(name) for name in ("type", "content", "id")}
+    return message
+
+
+def request_digest(input: Any) -> str:
+    """A digest of what the turn adds, to tell a retry from another request under one key."""
+    messages = input.get("messages") if isinstance(input, Mapping) else input
+    canonical = json.dumps(
+        [_comparable(m) for m in messages or []], sort_keys=True, default=str
+    ).encode()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def turn_metadata(config: RunnableConfig, input: Any) -> dict[str, str]:
@@ -52,6 +77,7 @@ def turn_metadata(config: RunnableConfig, input: Any) -> dict[str, str]:
     metadata: dict[str, str] = {}
     if key := (config.get("configurable") or {}).get(IDEMPOTENCY_CONFIG_KEY):
         metadata[KEY_METADATA] = key
+        metadata[DIGEST_METADATA] = request_digest(input)
     if message_id := new_message_id(input):
         metadata[MESSAGE_METADATA] = message_id
     return metadata
@@ -81,13 +107,29 @@ async def previous_result(
     recorded = turn_metadata(config, input)
     key = recorded.get(KEY_METADATA)
     if key and (found := await find_turn(saver, thread_key, {KEY_METADATA: key})):
+        if (
+            found.metadata.get(DIGEST_METADATA, recorded[DIGEST_METADATA])
+            != recorded[DIGEST_METADATA]
+        ):
+            raise HTTPException(
+                422, f"this {IDEMPOTENCY_HEADER} was used for a different request; use a new key"
+            )
         return (await graph.aget_state(found.config)).values
     message_id = recorded.get(MESSAGE_METADATA)
     if message_id is None:
         return None
     thread_config: RunnableConfig = {"configurable": {"thread_id": thread_key}}
     current = await graph.aget_state(thread_config)
-    if not any(_message_field(m, "id") == message_id for m in current.values.get("messages", [])):
+    stored = [
+        m for m in current.values.get("messages", []) if _message_field(m, "id") == message_id
+    ]
+    if not stored:
         return None
+    if _comparable(stored[0]) != _comparable(_newest_human(input)):
+        raise HTTPException(
+            409,
+            f"a different message with id {message_id!r} is already in the thread; "
+            "give a new message a new id",
+        )
     found = await find_turn(saver, thread_key, {MESSAGE_METADATA: message_id})
     return (await graph.aget_state(found.config)).values if found else current.values

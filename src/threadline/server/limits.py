@@ -1,4 +1,5 @@
-"""Request limits: body size, messages per request, characters per message (413), bad JSON (422).
+"""Request limits: body size, messages per request, characters, bytes and content parts per
+message (413); bad JSON and things that are not messages (422).
 
 Checked before LangServe parses anything, so an oversized request costs one read and a clear
 message, never a model call or a write.
@@ -19,6 +20,10 @@ JSON_OVERHEAD_BYTES = 64 * 1024
 BYTES_PER_CHAR = 4  # worst case of UTF-8, and of JSON escapes for most text
 MAX_JSON_DEPTH = 32
 MIN_INT, MAX_INT = -(2**63), 2**64 - 1
+# What a message may carry besides its text (ids, metadata, tool calls), in bytes of JSON.
+MESSAGE_OVERHEAD_BYTES = 16 * 1024
+MAX_CONTENT_PARTS = 64
+MESSAGE_TYPES = frozenset({"human", "ai", "system", "tool"})
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,11 @@ class Limits:
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         return cls(settings.max_message_chars, settings.max_messages_per_request)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The whole message as JSON: its text at worst-case width, plus the rest."""
+        return self.max_message_chars * BYTES_PER_CHAR + MESSAGE_OVERHEAD_BYTES
 
     @property
     def max_body_bytes(self) -> int:
@@ -47,6 +57,8 @@ async def json_body(request: Request, limits: Limits) -> Any:
         body = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise HTTPException(422, "request body is not valid JSON") from None
+    except ValueError:  # an integer literal beyond Python's digit limit
+        raise HTTPException(422, "request body has a number too long to read") from None
     check_storable(body)
     return body
 
@@ -56,14 +68,17 @@ def _check_text(text: str) -> None:
         text.encode()
     except UnicodeEncodeError:
         raise HTTPException(422, "request body has text that is not valid Unicode") from None
+    if "\x00" in text:
+        # Postgres text cannot hold it, and dropping it silently would change ids and text.
+        raise HTTPException(422, "request body has a NUL character (\\u0000); remove it")
 
 
 def check_storable(body: Any) -> None:
     """422 for JSON that parses but cannot be stored or sent back.
 
-    JSON allows what the serializers behind us refuse: lone surrogates (`"\\ud800"`), integers
-    beyond 64 bits and arbitrarily deep nesting. Found by fuzzing; each used to end a stream or a
-    checkpoint write with an error instead of a clear answer.
+    JSON allows what the serializers behind us refuse: lone surrogates (`"\\ud800"`), NUL
+    characters, integers beyond 64 bits and arbitrarily deep nesting. Found by fuzzing; each
+    used to end a stream or a checkpoint write with an error instead of a clear answer.
     """
     pending: list[tuple[Any, int]] = [(body, 1)]
     while pending:
@@ -98,8 +113,33 @@ def message_chars(message: Any) -> int:
     return 0
 
 
+def message_shape_error(message: Any) -> str | None:
+    """Why `message` is not a message LangChain can take, or None.
+
+    A message is an object with a known `type` and text content (a string, or a list of
+    strings and objects); anything else used to fail deep inside the run with a 500.
+    """
+    if not isinstance(message, Mapping):
+        return f"is {type(message).__name__}, not a message object"
+    kind = message.get("type")
+    if kind not in MESSAGE_TYPES:
+        return f"has type {kind!r}; expected one of {sorted(MESSAGE_TYPES)}"
+    content = message.get("content", "")
+    if isinstance(content, list):
+        if not all(isinstance(part, str | Mapping) for part in content):
+            return "has content parts that are neither text nor objects"
+    elif not isinstance(content, str):
+        return "has content that is neither text nor a list of parts"
+    if "id" in message and message["id"] is not None and not isinstance(message["id"], str):
+        return "has an id that is not a string"
+    if kind == "tool" and not isinstance(message.get("tool_call_id"), str):
+        return "is a tool message without a tool_call_id"
+    return None
+
+
 def check_messages(messages: Any, limits: Limits) -> None:
-    """413 when a request carries too many or too large messages; shape errors are LangServe's."""
+    """413 when a request carries too many or too large messages, 422 for what is not a
+    message; every route checks this before anything runs."""
     if not isinstance(messages, list):
         return
     if len(messages) > limits.max_messages:
@@ -107,11 +147,27 @@ def check_messages(messages: Any, limits: Limits) -> None:
             413, f"{len(messages)} messages in one request; the limit is {limits.max_messages}"
         )
     for number, message in enumerate(messages, 1):
+        if problem := message_shape_error(message):
+            raise HTTPException(422, f"message {number} {problem}")
         chars = message_chars(message)
         if chars > limits.max_message_chars:
             raise HTTPException(
                 413,
                 f"message {number} has {chars} characters; the limit is {limits.max_message_chars}",
+            )
+        content = message.get("content")
+        if isinstance(content, list) and len(content) > MAX_CONTENT_PARTS:
+            raise HTTPException(
+                413,
+                f"message {number} has {len(content)} content parts; "
+                f"the limit is {MAX_CONTENT_PARTS}",
+            )
+        size = len(json.dumps(message, ensure_ascii=False).encode())
+        if size > limits.max_message_bytes:
+            raise HTTPException(
+                413,
+                f"message {number} is {size} bytes as JSON (ids, metadata and tool calls "
+                f"included); the limit is {limits.max_message_bytes}",
             )
 
 
