@@ -77,10 +77,16 @@ def thread_rows(db_url: str, thread_id: str) -> dict[str, int]:
     return counts
 
 
-async def run_turns(graph: Any, config: dict[str, Any], texts: list[str]) -> Any:
+async def run_turns(
+    graph: Any, config: dict[str, Any], texts: list[str], durability: str = "exit"
+) -> Any:
     output = None
     for text in texts:
-        output = await graph.ainvoke({"messages": [HumanMessage(text)]}, config, durability="exit")
+        output = await graph.ainvoke(
+            {"messages": [HumanMessage(text)]},
+            config,
+            durability=durability,  # type: ignore[arg-type]
+        )
     return output
 
 
@@ -140,12 +146,14 @@ async def test_history_lists_every_turn_with_its_state(
         assert seen == [texts[:turns] for turns in range(len(texts) + 1)]
 
 
+@pytest.mark.parametrize("durability", ["exit", "async"])
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_a_turn_decodes_only_its_own_delta(
-    backend: str, open_backend: Callable[..., Any]
+    backend: str, durability: str, open_backend: Callable[..., Any]
 ) -> None:
     """Bytes decoded per turn stay flat while the thread grows tenfold (medians: a turn
-    that follows a snapshot reads that snapshot once)."""
+    that follows a snapshot reads that snapshot once), with a checkpoint per turn and with
+    LangGraph's default of one per step."""
     serde = CountingSerializer()
     texts = sentences(220)
     config = thread_config("flat")
@@ -154,15 +162,15 @@ async def test_a_turn_decodes_only_its_own_delta(
         costs = []
         for text in batch:
             before = serde.decoded
-            await run_turns(graph, config, [text])
+            await run_turns(graph, config, [text], durability)
             costs.append(serde.decoded - before)
         return statistics.median(costs)
 
     async with open_backend(backend, serde=serde) as saver:
         graph = offline_agent(saver)
-        await run_turns(graph, config, texts[:10])
+        await run_turns(graph, config, texts[:10], durability)
         short = await decoded_per_turn(graph, texts[10:19])
-        await run_turns(graph, config, texts[19:200])
+        await run_turns(graph, config, texts[19:200], durability)
         long = await decoded_per_turn(graph, texts[200:209])
     assert long <= short * 1.5 + 200, (short, long)
 

@@ -35,6 +35,9 @@ from psycopg import AsyncCursor
 from psycopg.rows import DictRow
 
 HistoryKey = tuple[str, str, str, str]  # thread, namespace, checkpoint id, channel
+StoredWrite = tuple[str, str, int, str, bytes]  # task id, task path, idx, type, blob
+# Ancestors a history read steps through looking for a cached one before a full walk.
+MAX_PARENT_STEPS = 8
 
 # The target's parent, the requested channels the parent stores a value for (a seed), and
 # the parent's writes to those channels: everything one step of history needs.
@@ -226,41 +229,45 @@ async def delta_history(
     key: tuple[str, str, str],
     channels: Sequence[str],
 ) -> dict[str, DeltaChannelHistory]:
-    """History of `channels` at checkpoint `key`, extending the parent's cached history.
+    """History of `channels` at checkpoint `key`, extending the nearest ancestor's cached
+    history by the writes since (one query per step, at most `MAX_PARENT_STEPS`: with a
+    checkpoint per step, a turn's own checkpoints were never read, only its last).
 
-    `full_history` is the full ancestor walk, used when the parent's history is not cached
-    or the parent holds a seed (a snapshot: starting over from it keeps entries short).
+    `full_history` is the full ancestor walk, used when no near ancestor's history is cached
+    or one on the way holds a seed (a snapshot: starting over from it keeps entries short).
     """
     thread_id, checkpoint_ns, _ = key
     result: dict[str, DeltaChannelHistory] = {}
-    missing: list[str] = []
+    pending = [ch for ch in channels if cache.get((*key, ch)) is None]
     for ch in channels:
-        found = cache.get((*key, ch))
-        if found is None:
-            missing.append(ch)
-        else:
-            result[ch] = found
-    if not missing:
-        return result
-    async with cursor() as cur:
-        parent, seeded, writes = await _parent_step(cur, key, missing)
+        if ch not in pending:
+            result[ch] = cache.get((*key, ch))  # type: ignore[assignment]
     walk: list[str] = []
-    for ch in missing:
-        previous = None
-        if parent is not None and ch not in seeded:
-            previous = cache.get((thread_id, checkpoint_ns, parent, ch))
-        if parent is None or previous is None:
-            walk.append(ch)
-            continue
-        own = sorted(writes.get(ch, ()), key=lambda w: writes_sort_key(w[1], w[0], w[2]))
-        history: DeltaChannelHistory = {
-            "writes": [*previous["writes"], *((w[0], ch, loads((w[3], w[4]))) for w in own)]
-        }
-        if "seed" in previous:
-            history["seed"] = previous["seed"]
-        result[ch] = history
-        cache.put((*key, ch), history)
-        cache.discard((thread_id, checkpoint_ns, parent, ch))
+    newer: list[dict[str, list[StoredWrite]]] = []  # the writes at each ancestor, nearest first
+    target = key[2]
+    async with cursor() as cur:
+        for _ in range(MAX_PARENT_STEPS):
+            if not pending:
+                break
+            parent, seeded, writes = await _parent_step(
+                cur, (thread_id, checkpoint_ns, target), pending
+            )
+            if parent is None:
+                break
+            newer.append(writes)
+            still: list[str] = []
+            for ch in pending:
+                base = None if ch in seeded else cache.get((thread_id, checkpoint_ns, parent, ch))
+                if ch in seeded:
+                    walk.append(ch)
+                elif base is None:
+                    still.append(ch)
+                else:
+                    result[ch] = _extended(base, newer, ch, loads)
+                    cache.put((*key, ch), result[ch])
+                    cache.discard((thread_id, checkpoint_ns, parent, ch))
+            pending, target = still, parent
+    walk.extend(pending)
     if walk:
         for ch, history in (await full_history(walk)).items():
             result[ch] = history
@@ -268,9 +275,26 @@ async def delta_history(
     return result
 
 
+def _extended(
+    base: DeltaChannelHistory,
+    newer: list[dict[str, list[StoredWrite]]],
+    channel: str,
+    loads: Loads,
+) -> DeltaChannelHistory:
+    """`base` followed by the channel's writes at each ancestor since, oldest first."""
+    writes = list(base["writes"])
+    for step in reversed(newer):
+        own = sorted(step.get(channel, ()), key=lambda w: writes_sort_key(w[1], w[0], w[2]))
+        writes.extend((w[0], channel, loads((w[3], w[4]))) for w in own)
+    history: DeltaChannelHistory = {"writes": writes}
+    if "seed" in base:
+        history["seed"] = base["seed"]
+    return history
+
+
 async def _parent_step(
     cur: AsyncCursor[DictRow], key: tuple[str, str, str], channels: list[str]
-) -> tuple[str | None, set[str], dict[str, list[tuple[str, str, int, str, bytes]]]]:
+) -> tuple[str | None, set[str], dict[str, list[StoredWrite]]]:
     thread_id, checkpoint_ns, checkpoint_id = key
     await cur.execute(
         PARENT_STEP_SQL,
@@ -279,7 +303,7 @@ async def _parent_step(
     rows = await cur.fetchall()
     if not rows:
         return None, set(), {}
-    writes: dict[str, list[tuple[str, str, int, str, bytes]]] = {}
+    writes: dict[str, list[StoredWrite]] = {}
     for row in rows:
         if row["channel"] is not None:
             writes.setdefault(row["channel"], []).append(
