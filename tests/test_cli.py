@@ -83,6 +83,11 @@ def test_threads_show_prints_the_transcript(offline_sqlite: dict[str, str]) -> N
             "THREADLINE_MAX_CONTEXT_TOKENS",
         ),
         ({"THREADLINE_MODEL": "fake"}, ["chat", "bad id!"], "THREAD_ID must be"),
+        (
+            {"THREADLINE_MODEL": "fake", "THREADLINE_AES_KEY": "too-short"},
+            ["serve"],
+            "THREADLINE_AES_KEY must be 16, 24 or 32 bytes",
+        ),
     ],
 )
 def test_unusable_input_stops_with_one_line_and_exit_2(

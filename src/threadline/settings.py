@@ -107,6 +107,12 @@ class Settings(BaseSettings):
                 raise SettingsError(
                     f"THREADLINE_CHECKPOINTER={self.checkpointer} needs THREADLINE_{field.upper()}"
                 )
+        from threadline.checkpointers.serde import AES_KEY_LENGTHS  # the one rule, in serde
+
+        if self.aes_key is not None and (
+            len(self.aes_key.get_secret_value().encode()) not in AES_KEY_LENGTHS
+        ):
+            raise SettingsError("THREADLINE_AES_KEY must be 16, 24 or 32 bytes long")
         if self.summary_target_ratio >= self.summary_trigger_ratio:
             raise SettingsError(
                 "THREADLINE_SUMMARY_TARGET_RATIO must be below THREADLINE_SUMMARY_TRIGGER_RATIO"
