@@ -682,6 +682,9 @@ async def open_pool(
         max_size=max_size,
         kwargs=POOL_KWARGS,
         timeout=timeout_seconds,
+        # A connection that died with its server (a restart) is replaced when taken, instead of
+        # failing one operation each: recovery follows the database, not the pool's churn.
+        check=AsyncConnectionPool.check_connection,
         open=False,
     )
     await pool.open(wait=True, timeout=15)

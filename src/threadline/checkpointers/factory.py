@@ -46,7 +46,10 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
         if settings.postgres_url is None:
             raise SettingsError("THREADLINE_CHECKPOINTER=postgres needs THREADLINE_POSTGRES_URL")
         async with DurablePostgresSaver.from_conn_string(
-            _secret(settings.postgres_url), pool_size=settings.postgres_pool_size, serde=serde
+            _secret(settings.postgres_url),
+            pool_size=settings.postgres_pool_size,
+            pool_timeout_seconds=settings.postgres_pool_timeout_seconds,
+            serde=serde,
         ) as postgres_saver:
             yield postgres_saver
     elif kind == "redis":
@@ -80,6 +83,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
             _secret(settings.redis_url),
             serde=serde,
             pool_size=settings.postgres_pool_size,
+            pool_timeout_seconds=settings.postgres_pool_timeout_seconds,
             hot_ttl_seconds=settings.hot_ttl_seconds,
             redis_timeout_seconds=settings.redis_timeout_seconds,
         ) as tiered_saver:

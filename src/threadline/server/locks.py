@@ -129,9 +129,14 @@ class PostgresTurnLocks:
         try:
             conn = await self._pool.getconn(timeout=max(timeout, POOL_WAIT_SECONDS))
         except PoolTimeout:
-            raise LockBackendError("no Postgres connection free for the thread lock") from None
+            raise LockBackendError(
+                "thread locks unavailable: no Postgres connection within "
+                f"{max(timeout, POOL_WAIT_SECONDS):g}s (Postgres down, or every connection busy)"
+            ) from None
         except psycopg.OperationalError as exc:
-            raise LockBackendError(f"Postgres unavailable for the thread lock: {exc}") from None
+            raise LockBackendError(
+                f"thread locks unavailable: Postgres refused ({type(exc).__name__})"
+            ) from None
         try:
             try:
                 await conn.execute("BEGIN")
@@ -140,7 +145,9 @@ class PostgresTurnLocks:
             except psycopg.errors.LockNotAvailable:
                 raise ThreadBusyError(keys[0]) from None
             except psycopg.OperationalError as exc:
-                raise LockBackendError(f"Postgres unavailable for the thread lock: {exc}") from None
+                raise LockBackendError(
+                f"thread locks unavailable: Postgres refused ({type(exc).__name__})"
+            ) from None
             yield
         finally:
             with anyio.CancelScope(shield=True):
