@@ -163,3 +163,19 @@ async def test_without_keys_the_server_is_single_tenant_and_says_so(
             assert (await client.get("/threads/open")).status_code == 200
     assert any("single-tenant" in r.getMessage() for r in caplog.records)
     assert stored_thread_ids(postgres_db_url) == {"open"}
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+async def test_api_docs_need_a_key_when_keys_are_set(path: str) -> None:
+    settings = settings_for(model="fake", checkpointer="memory", api_keys=KEYS)
+    async with asgi_client(settings) as client:
+        refused = await client.get(path)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"].startswith("Basic")
+        allowed = await client.get(path, headers={"Authorization": "Bearer key-alpha"})
+        assert allowed.status_code == 200
+        if path == "/openapi.json":
+            assert "/agent/invoke" in allowed.json()["paths"]
+    published = settings_for(model="fake", checkpointer="memory", api_keys=KEYS, publish_docs=True)
+    async with asgi_client(published) as client:
+        assert (await client.get(path)).status_code == 200

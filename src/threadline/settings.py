@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = Field(
         default=None, description="`key1:tenant1,key2:tenant2`; unset = single tenant."
     )
+    # With API keys set, /docs, /redoc and /openapi.json need a key too unless published.
+    publish_docs: bool = False
     turn_lock_timeout_seconds: float = Field(default=10.0, ge=0)
     max_message_chars: int = Field(default=32_000, ge=1)
     max_messages_per_request: int = Field(default=50, ge=1)

@@ -26,6 +26,7 @@ from threadline.server.chat import (
     admit_chat_turn,
     chat_config,
 )
+from threadline.server.docs import add_protected_docs
 from threadline.server.limits import Limits
 from threadline.server.locks import open_turn_locks
 from threadline.server.outages import install_outage_handlers
@@ -77,11 +78,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.runner = None
                 admission.locks = None
 
+    protect_docs = api_keys is not None and not settings.publish_docs
+    hidden: dict[str, Any] = (
+        {"docs_url": None, "redoc_url": None, "openapi_url": None} if protect_docs else {}
+    )
     app = FastAPI(
         title="threadline",
         description="A chat agent with durable, shared, budget-aware thread memory.",
         lifespan=lifespan,
+        **hidden,
     )
+    if protect_docs:
+        add_protected_docs(app)
     app.state.api_keys = api_keys
     app.state.admission = admission
     app.state.runner = None
