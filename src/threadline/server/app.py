@@ -30,6 +30,7 @@ from threadline.server.docs import add_protected_docs
 from threadline.server.limits import Limits
 from threadline.server.locks import open_turn_locks
 from threadline.server.outages import install_outage_handlers
+from threadline.server.streams import EndFailedStreams
 from threadline.server.thread_routes import router as threads_router
 from threadline.server.turns import ServedAgent, TurnRunner
 from threadline.settings import Settings
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.admission = admission
     app.state.runner = None
     app.add_middleware(ChatThreadCookie)
+    app.add_middleware(EndFailedStreams)
     install_outage_handlers(app)
 
     @app.get("/healthz", tags=["health"])

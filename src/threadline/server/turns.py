@@ -100,12 +100,22 @@ class TurnRunner:
         return dict(output)
 
     async def stream(self, input: Any, config: RunnableConfig, **kwargs: Any) -> AsyncIterator[Any]:
-        """The graph's stream for a new turn (callers check `previous` first)."""
+        """The graph's stream for a new turn (callers check `previous` first).
+
+        The last chunk (the state with the reply) is held back until the turn is stored: a
+        client never receives a final state the thread does not hold. If storing fails, the
+        stream raises and ends with an error event instead.
+        """
         graph, staged, run_config = self._staged(config, input)
+        held: list[Any] = []
         with graph_errors():
             async for chunk in graph.astream(input, run_config, durability="exit", **kwargs):
-                yield chunk
+                if held:
+                    yield held.pop()
+                held.append(chunk)
         await self._commit(staged)
+        for chunk in held:
+            yield chunk
 
 
 class ServedAgent(Runnable[dict[str, Any], dict[str, Any]]):
