@@ -146,8 +146,8 @@ class PostgresTurnLocks:
                 raise ThreadBusyError(keys[0]) from None
             except psycopg.OperationalError as exc:
                 raise LockBackendError(
-                f"thread locks unavailable: Postgres refused ({type(exc).__name__})"
-            ) from None
+                    f"thread locks unavailable: Postgres refused ({type(exc).__name__})"
+                ) from None
             yield
         finally:
             with anyio.CancelScope(shield=True):
