@@ -148,3 +148,24 @@ async def test_a_message_whose_id_is_already_in_the_thread_is_refused(
     assert "m-1" in response.json()["detail"]
     state = (await client.get("/threads/t")).json()
     assert [m["content"] for m in state["messages"] if m["type"] == "human"] == ["first"]
+
+
+async def test_refused_input_never_reaches_the_log(server_process: Any, tmp_path: Any) -> None:
+    """The README promises that message text is never logged: refusals included."""
+    canary = "canary-7f3a9 do not log me"
+    server = server_process(
+        {"THREADLINE_MODEL": "fake", "THREADLINE_SQLITE_PATH": str(tmp_path / "t.sqlite")}
+    )
+    bad_requests = [
+        ("batch", request_for("batch", [{"type": "wizard", "content": canary}])),
+        ("invoke", request_for("invoke", [{"content": canary}])),
+        ("invoke", request_for("invoke", [{"type": "human", "content": canary + "\u0000"}])),
+        ("stream", request_for("stream", [{"type": "human", "content": canary * 3000}])),
+        ("invoke", request_for("invoke", [{"type": "human", "content": 5, "name": canary}])),
+    ]
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for route, payload in bad_requests:
+            response = await post(client, route, payload)
+            assert 400 <= response.status_code < 500, response.text
+    server.stop()
+    assert canary not in server.log()
