@@ -350,11 +350,24 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             snapshots.checkpoint_ns,
             snapshots.checkpoint_id,
         )
-        histories = await self.aget_delta_channel_history(
-            config=_config(thread_id, ns, checkpoint_id), channels=list(snapshots.values)
+
+        async def no_walk(channels: Sequence[str]) -> Mapping[str, DeltaChannelHistory]:
+            return {}  # a snapshot whose history would need a full walk is simply kept
+
+        histories = await delta_history(
+            self.delta_histories,
+            self._cursor,
+            self.serde.loads_typed,
+            no_walk,
+            (thread_id, ns, checkpoint_id),
+            list(snapshots.values),
         )
+        if not histories:
+            return
         async with self._cursor() as cur, cur.connection.transaction():
             for channel, (version, value) in snapshots.values.items():
+                if channel not in histories:
+                    continue
                 tail = missing_tail(value, histories[channel])
                 if tail is None:
                     continue
