@@ -8,8 +8,9 @@ LangServe then calls `agent_config` once per run config to put the tenant-scoped
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,11 @@ from threadline.server.locks import LockBackendError, ThreadBusyError, TurnLocks
 from threadline.server.threads import THREAD_HEADER, scoped_thread_key, validate_thread_id
 
 TURN_ENDPOINTS = frozenset({"invoke", "batch", "stream", "stream_events", "stream_log"})
+STREAM_ENDPOINTS = frozenset({"stream", "stream_events", "stream_log"})
+# How the turn of a streamed request lets its thread go once stored (see `turn_held`).
+_RELEASE: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "threadline_turn_release", default=None
+)
 
 
 @dataclass
@@ -58,6 +64,37 @@ async def hold_threads(stack: AsyncExitStack, admission: Admission, keys: list[s
         ) from None
     except LockBackendError as exc:
         raise HTTPException(503, str(exc)) from None
+
+
+@asynccontextmanager
+async def turn_held(
+    admission: Admission, keys: list[str], *, streamed: bool
+) -> AsyncIterator[None]:
+    """Hold the request's threads (409 busy / 503 lock store down) until its response ends,
+    or, for a stream, until its turn is stored (`release_turn`): a client reading slowly, or
+    not at all, never keeps its thread (or a lock connection) past its turn."""
+    stack = AsyncExitStack()
+    await hold_threads(stack, admission, keys)
+    released = False
+
+    async def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            await stack.aclose()
+
+    _RELEASE.set(release if streamed else None)
+    try:
+        yield
+    finally:
+        _RELEASE.set(None)
+        await release()
+
+
+async def release_turn() -> None:
+    """Let this request's threads go now: its turn is stored."""
+    if (release := _RELEASE.get()) is not None:
+        await release()
 
 
 def requested_thread(config: Any, header: str | None) -> str:
@@ -118,8 +155,8 @@ async def admit_agent_turns(request: Request) -> AsyncIterator[None]:
     validate_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
     body = await json_body(request, admission.limits)
     threads = agent_threads(endpoint, body, request, admission)
-    async with AsyncExitStack() as stack:
-        await hold_threads(stack, admission, [scoped_thread_key(tenant, t) for t in threads])
+    keys = [scoped_thread_key(tenant, t) for t in threads]
+    async with turn_held(admission, keys, streamed=endpoint in STREAM_ENDPOINTS):
         yield
 
 

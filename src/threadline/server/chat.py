@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
@@ -20,7 +19,13 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from threadline.server.admission import TURN_ENDPOINTS, Admission, hold_threads, scoped_run_config
+from threadline.server.admission import (
+    STREAM_ENDPOINTS,
+    TURN_ENDPOINTS,
+    Admission,
+    scoped_run_config,
+    turn_held,
+)
 from threadline.server.auth import authenticate
 from threadline.server.limits import check_turn_input, json_body
 from threadline.server.threads import THREAD_ID_PATTERN, scoped_thread_key
@@ -109,8 +114,8 @@ async def admit_chat_turn(request: Request) -> AsyncIterator[None]:
     messages = input.get("messages") if isinstance(input, dict) else None
     if not isinstance(messages, list) or not messages or not _is_human(messages[-1]):
         raise HTTPException(422, "input.messages must end with the new human message")
-    async with AsyncExitStack() as stack:
-        await hold_threads(stack, admission, [scoped_thread_key(tenant, chat_thread(request))])
+    keys = [scoped_thread_key(tenant, chat_thread(request))]
+    async with turn_held(admission, keys, streamed=endpoint in STREAM_ENDPOINTS):
         yield
 
 

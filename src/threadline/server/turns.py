@@ -7,6 +7,7 @@ them per request (and per `/batch` entry) instead of dropping them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal, get_args
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
+from threadline.server.admission import release_turn
 from threadline.server.idempotency import previous_result, turn_metadata
 from threadline.server.staged import StagedSaver
 from threadline.settings import Strategy
@@ -73,6 +75,7 @@ class TurnRunner:
 
     def __init__(self, graph: CompiledStateGraph[Any, Any, Any, Any]) -> None:
         self.graph = graph
+        self._turns: set[asyncio.Future[None]] = set()  # streamed turns still running
 
     async def previous(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
         return await previous_result(self.graph, config, input)
@@ -102,18 +105,43 @@ class TurnRunner:
     async def stream(self, input: Any, config: RunnableConfig, **kwargs: Any) -> AsyncIterator[Any]:
         """The graph's stream for a new turn (callers check `previous` first).
 
-        The last chunk (the state with the reply) is held back until the turn is stored: a
-        client never receives a final state the thread does not hold. If storing fails, the
-        stream raises and ends with an error event instead.
+        The turn runs in a task of its own, so it is run, stored and its thread released
+        however slowly the client reads (or if it leaves). The last chunk (the state with the
+        reply) is held back until the turn is stored: a client never receives a final state
+        the thread does not hold. If storing fails, the stream raises and ends with an error
+        event instead.
         """
         graph, staged, run_config = self._staged(config, input)
+        chunks: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                with graph_errors():
+                    async for chunk in graph.astream(
+                        input, run_config, durability="exit", **kwargs
+                    ):
+                        chunks.put_nowait(("chunk", chunk))
+                await self._commit(staged)
+                await release_turn()
+                chunks.put_nowait(("stored", None))
+            except BaseException as exc:
+                chunks.put_nowait(("failed", exc))
+                if not isinstance(exc, Exception):
+                    raise
+
+        task = asyncio.ensure_future(run())
+        self._turns.add(task)
+        task.add_done_callback(self._turns.discard)
         held: list[Any] = []
-        with graph_errors():
-            async for chunk in graph.astream(input, run_config, durability="exit", **kwargs):
-                if held:
-                    yield held.pop()
-                held.append(chunk)
-        await self._commit(staged)
+        while True:
+            kind, item = await chunks.get()
+            if kind == "failed":
+                raise item
+            if kind == "stored":
+                break
+            if held:
+                yield held.pop()
+            held.append(item)
         for chunk in held:
             yield chunk
 
