@@ -20,6 +20,7 @@ from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
 from tests.fixtures.checkpointers import TieredFactory, offline_agent, thread_config
+from threadline.checkpointers.delta import PendingSnapshots, StoredSnapshots
 from threadline.graph.transcript import append_messages
 
 BACKENDS = ["postgres", "tiered"]
@@ -185,3 +186,12 @@ async def test_a_thread_compacted_by_an_earlier_version_reads_back_and_continues
         state = await offline_agent(fresh).aget_state(config)
         humans = [m.content for m in state.values["messages"] if m.type == "human"]
         assert humans == texts + more
+
+
+def test_snapshots_waiting_for_their_check_are_bounded_by_the_items_they_hold() -> None:
+    pending = PendingSnapshots(max_items=10)
+    for n in range(5):
+        values = {"messages": ("1", [HumanMessage(str(i)) for i in range(4)])}
+        pending.swap((f"t{n}", ""), StoredSnapshots(f"t{n}", "", f"c{n}", None, values))
+    kept = [n for n in range(5) if pending.swap((f"t{n}", ""), None) is not None]
+    assert kept == [3, 4]  # the newest two (8 items); older ones are simply never checked

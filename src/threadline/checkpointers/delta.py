@@ -131,26 +131,38 @@ class PendingSnapshots:
 
     A snapshot is checked at the thread's next put, when the writes that led to it are
     surely stored (under durability "exit" they are put beside the checkpoint, not before
-    it). Bounded: an entry pushed out is never checked, and its snapshot is simply kept.
+    it). Bounded by the items the waiting snapshots hold (the transcripts are usually the very
+    objects the history cache holds too); an entry pushed out is never checked, and its
+    snapshot is simply kept.
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str], StoredSnapshots] = OrderedDict()
+    def __init__(self, max_items: int = 100_000) -> None:
+        self.max_items = max_items
+        self._entries: OrderedDict[tuple[str, str], tuple[StoredSnapshots, int]] = OrderedDict()
+        self._items = 0
 
     def swap(self, key: tuple[str, str], new: StoredSnapshots | None) -> StoredSnapshots | None:
         """Take the entry waiting for `key`, leaving `new` (if any) in its place."""
-        earlier = self._entries.pop(key, None)
+        earlier = self._pop(key)
         if new is not None:
-            self._entries[key] = new
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            weight = sum(_seed_weight(value) for _, value in new.values.values())
+            self._entries[key] = (new, weight)
+            self._items += weight
+            while self._items > self.max_items:
+                self._pop(next(iter(self._entries)))
         return earlier
 
     def forget(self, thread_ids: Sequence[str]) -> None:
         doomed = set(thread_ids)
         for key in [k for k in self._entries if k[0] in doomed]:
-            del self._entries[key]
+            self._pop(key)
+
+    def _pop(self, key: tuple[str, str]) -> StoredSnapshots | None:
+        found = self._entries.pop(key, None)
+        if found is None:
+            return None
+        self._items -= found[1]
+        return found[0]
 
 
 class Loads(Protocol):
