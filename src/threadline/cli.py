@@ -90,6 +90,8 @@ def serve(
         port=port,
         workers=workers,
         log_level="info",
+        http="threadline.server.connections:GuardedHttpToolsProtocol",
+        timeout_keep_alive=int(max(settings.keep_alive_seconds, 1)),
     )
 
 

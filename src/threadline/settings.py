@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = Field(
         default=None, description="`key1:tenant1,key2:tenant2`; unset = single tenant."
     )
+    # Slow or idle clients: a request head must arrive within this of the connection (or of
+    # the previous response); a body within this of its request; an idle keep-alive closes.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    keep_alive_seconds: float = Field(default=5.0, gt=0)
     # With API keys set, /docs, /redoc and /openapi.json need a key too unless published.
     publish_docs: bool = False
     turn_lock_timeout_seconds: float = Field(default=10.0, ge=0)

@@ -26,6 +26,7 @@ from threadline.server.chat import (
     admit_chat_turn,
     chat_config,
 )
+from threadline.server.connections import BodyDeadline
 from threadline.server.docs import add_protected_docs
 from threadline.server.limits import Limits
 from threadline.server.locks import open_turn_locks
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runner = None
     app.add_middleware(ChatThreadCookie)
     app.add_middleware(EndFailedStreams)
+    app.add_middleware(BodyDeadline, seconds=settings.body_timeout_seconds)
     install_outage_handlers(app)
 
     @app.get("/healthz", tags=["health"])
