@@ -14,6 +14,8 @@ can hand the very same bytes to Redis.
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -680,6 +682,23 @@ def _write_order(write: tuple[str, str, str, bytes, str, int]) -> tuple[Any, ...
     return writes_sort_key(write[4], write[0], write[5])
 
 
+# When each pooled connection was last given back (see `_check_if_idle`).
+_RETURNED_AT: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
+IDLE_CHECK_SECONDS = 1.0
+
+
+async def _mark_returned(conn: AsyncConnection[Any]) -> None:
+    _RETURNED_AT[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: AsyncConnection[Any]) -> None:
+    """Check a connection taken from the pool if it sat idle for a while: one that died with
+    its server (a restart) is replaced when taken instead of failing an operation, while a
+    connection in steady use costs no extra round trip."""
+    if time.monotonic() - _RETURNED_AT.get(conn, 0.0) > IDLE_CHECK_SECONDS:
+        await AsyncConnectionPool.check_connection(conn)
+
+
 @asynccontextmanager
 async def open_pool(
     conn_string: str, max_size: int, timeout_seconds: float = 10.0
@@ -695,9 +714,8 @@ async def open_pool(
         max_size=max_size,
         kwargs=POOL_KWARGS,
         timeout=timeout_seconds,
-        # A connection that died with its server (a restart) is replaced when taken, instead of
-        # failing one operation each: recovery follows the database, not the pool's churn.
-        check=AsyncConnectionPool.check_connection,
+        check=_check_if_idle,
+        reset=_mark_returned,
         open=False,
     )
     await pool.open(wait=True, timeout=15)
