@@ -20,7 +20,12 @@ from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
 from tests.fixtures.checkpointers import TieredFactory, offline_agent, thread_config
-from threadline.checkpointers.delta import PendingSnapshots, StoredSnapshots
+from threadline.checkpointers.delta import (
+    HistoryCache,
+    PendingSnapshots,
+    StoredSnapshots,
+    approx_bytes,
+)
 from threadline.graph.transcript import append_messages
 
 BACKENDS = ["postgres", "tiered"]
@@ -195,3 +200,18 @@ def test_snapshots_waiting_for_their_check_are_bounded_by_the_items_they_hold() 
         pending.swap((f"t{n}", ""), StoredSnapshots(f"t{n}", "", f"c{n}", None, values))
     kept = [n for n in range(5) if pending.swap((f"t{n}", ""), None) is not None]
     assert kept == [3, 4]  # the newest two (8 items); older ones are simply never checked
+
+
+def test_the_history_cache_is_bounded_by_bytes() -> None:
+    cache = HistoryCache(max_bytes=200_000)
+    for n in range(50):
+        writes = [("task", "messages", [HumanMessage("x" * 2_000)]) for _ in range(10)]
+        cache.put(("t", "", f"c{n:03d}", "messages"), {"writes": writes})
+    assert 0 < len(cache) < 50
+    held = sum(
+        approx_bytes(found)
+        for n in range(50)
+        if (found := cache.get(("t", "", f"c{n:03d}", "messages"))) is not None
+    )
+    assert held <= 200_000
+    assert cache.get(("t", "", "c049", "messages")) is not None  # the newest stays

@@ -22,6 +22,7 @@ Two facts make it O(turn):
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -170,11 +171,11 @@ class Loads(Protocol):
 
 
 class HistoryCache:
-    """LRU of decoded delta histories, bounded by the number of writes and seeded values it
-    holds (about one entry per active thread: extending an entry drops its parent's)."""
+    """LRU of decoded delta histories, bounded by the (estimated) bytes of the objects it holds
+    (about one entry per active thread: extending an entry drops its parent's)."""
 
-    def __init__(self, max_weight: int = 100_000) -> None:
-        self.max_weight = max_weight
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_weight = max_bytes
         self._entries: OrderedDict[HistoryKey, tuple[DeltaChannelHistory, int]] = OrderedDict()
         self._weight = 0
         # (thread, namespace) -> channel -> newest checkpoint id cached for it
@@ -191,9 +192,15 @@ class HistoryCache:
         self._entries.move_to_end(key)
         return found[0]
 
-    def put(self, key: HistoryKey, history: DeltaChannelHistory) -> None:
+    def weight_of(self, key: HistoryKey) -> int | None:
+        found = self._entries.get(key)
+        return None if found is None else found[1]
+
+    def put(self, key: HistoryKey, history: DeltaChannelHistory, weight: int | None = None) -> None:
+        """Cache `history`; `weight`, its estimated bytes, is computed (O(history)) if not given:
+        an entry extended from its parent's passes the parent's plus what it added."""
         self.discard(key)
-        weight = 1 + len(history["writes"]) + _seed_weight(history.get("seed"))
+        weight = approx_bytes(history) if weight is None else weight
         if weight > self.max_weight:
             return
         self._entries[key] = (history, weight)
@@ -223,6 +230,34 @@ class HistoryCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# Estimated bytes of a decoded message beyond its text, and of a decoded value per stored byte.
+MESSAGE_OVERHEAD_BYTES = 1200
+DECODED_BYTES_PER_STORED_BYTE = 4
+
+
+def approx_bytes(history: DeltaChannelHistory) -> int:
+    """A rough size of a decoded history in memory: enough to bound a cache by bytes."""
+    seed = history.get("seed")
+    value = seed.value if isinstance(seed, _DeltaSnapshot) else seed
+    return _item_bytes(value) + sum(_item_bytes(write[2]) for write in history["writes"])
+
+
+def stored_bytes_in_memory(blob: bytes | None) -> int:
+    """Estimated in-memory size of a value decoded from `blob`."""
+    return 64 + DECODED_BYTES_PER_STORED_BYTE * len(blob or b"")
+
+
+def _item_bytes(item: Any) -> int:
+    if item is None:
+        return 0
+    if isinstance(item, BaseMessage):
+        content = item.content
+        return MESSAGE_OVERHEAD_BYTES + (len(content) if isinstance(content, str) else 512)
+    if isinstance(item, list | tuple):
+        return 56 + sum(_item_bytes(i) for i in item)
+    return sys.getsizeof(item)
 
 
 def _seed_weight(seed: Any) -> int:
@@ -276,7 +311,13 @@ async def delta_history(
                     still.append(ch)
                 else:
                     result[ch] = _extended(base, newer, ch, loads)
-                    cache.put((*key, ch), result[ch])
+                    base_weight = cache.weight_of((thread_id, checkpoint_ns, parent, ch))
+                    added = sum(
+                        stored_bytes_in_memory(w[4]) for step in newer for w in step.get(ch, ())
+                    )
+                    cache.put(
+                        (*key, ch), result[ch], None if base_weight is None else base_weight + added
+                    )
                     cache.discard((thread_id, checkpoint_ns, parent, ch))
             pending, target = still, parent
     walk.extend(pending)
@@ -367,7 +408,9 @@ __all__ = [
     "HistoryCache",
     "PendingSnapshots",
     "StoredSnapshots",
+    "approx_bytes",
     "delta_history",
     "missing_tail",
+    "stored_bytes_in_memory",
     "tail_task_id",
 ]

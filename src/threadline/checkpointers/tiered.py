@@ -45,6 +45,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from threadline.checkpointers.delta import stored_bytes_in_memory
 from threadline.checkpointers.durable import (
     CheckpointRecord,
     CheckpointStoreUnavailable,
@@ -464,16 +465,20 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
                 (task_id, ch, loads((type_tag, blob))) for task_id, ch, type_tag, blob in hot.writes
             ]
             history: DeltaChannelHistory
+            weight: int | None = None
             if hot.since is None:
                 history = {"writes": writes}
                 if hot.seed is not None:
                     history["seed"] = loads(hot.seed)
             else:
-                base = cache.get((thread_id, checkpoint_ns, hot.since, channel))
+                base_key = (thread_id, checkpoint_ns, hot.since, channel)
+                base = cache.get(base_key)
                 if base is None:
                     continue  # evicted meanwhile: Postgres answers instead
                 history = {**base, "writes": [*base["writes"], *writes]}
-            cache.put((thread_id, checkpoint_ns, record.checkpoint_id, channel), history)
+                if (base_weight := cache.weight_of(base_key)) is not None:
+                    weight = base_weight + sum(stored_bytes_in_memory(w[3]) for w in hot.writes)
+            cache.put((thread_id, checkpoint_ns, record.checkpoint_id, channel), history, weight)
             if hot.since not in (None, record.checkpoint_id):
                 cache.discard((thread_id, checkpoint_ns, hot.since, channel))
 

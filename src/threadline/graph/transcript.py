@@ -81,6 +81,8 @@ def append_messages(current: list[AnyMessage], writes: Sequence[Any]) -> list[An
 # `id()` cannot be reused while remembered; the length check catches in-place appends.
 _ID_MEMO: OrderedDict[int, tuple[list[AnyMessage], set[str | None]]] = OrderedDict()
 _ID_MEMO_SIZE = 64
+_ID_MEMO_MAX_MESSAGES = 50_000  # and at most this many messages kept alive through it
+_id_memo_messages = 0
 _ID_MEMO_LOCK = threading.Lock()
 
 
@@ -95,12 +97,17 @@ def _known_ids(current: list[AnyMessage]) -> set[str | None]:
 
 
 def _remember_ids(merged: list[AnyMessage], ids: set[str | None]) -> None:
+    global _id_memo_messages
     if len(ids) != len(merged):
         return
     with _ID_MEMO_LOCK:
+        if (previous := _ID_MEMO.pop(id(merged), None)) is not None:
+            _id_memo_messages -= len(previous[1])
         _ID_MEMO[id(merged)] = (merged, ids)
-        while len(_ID_MEMO) > _ID_MEMO_SIZE:
-            _ID_MEMO.popitem(last=False)
+        _id_memo_messages += len(ids)
+        while len(_ID_MEMO) > _ID_MEMO_SIZE or _id_memo_messages > _ID_MEMO_MAX_MESSAGES:
+            _, (_, dropped) = _ID_MEMO.popitem(last=False)
+            _id_memo_messages -= len(dropped)
 
 
 class TranscriptChannel(DeltaChannel[list[AnyMessage]]):

@@ -24,10 +24,13 @@ ViewKey = tuple[int, int, str, int, MemoryPolicy, int]
 
 
 class RecentViews:
-    """A small LRU of views by (transcript object, summary, policy)."""
+    """A small LRU of views by (transcript object, summary, policy), bounded by entries and by
+    the messages the transcripts it keeps alive hold."""
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 64, max_messages: int = 50_000) -> None:
         self.size = size
+        self.max_messages = max_messages
+        self._messages = 0
         self._entries: OrderedDict[ViewKey, tuple[Sequence[BaseMessage], View]] = OrderedDict()
         self._lock = threading.Lock()  # sync graphs run nodes on worker threads
 
@@ -49,7 +52,10 @@ class RecentViews:
                 return found[1]
         view = build_view(messages, summary, summarized_count, policy, counter, tool_tokens)
         with self._lock:
+            if key not in self._entries:
+                self._messages += len(messages)
             self._entries[key] = (messages, view)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            while len(self._entries) > self.size or self._messages > self.max_messages:
+                _, (dropped, _) = self._entries.popitem(last=False)
+                self._messages -= len(dropped)
         return view
