@@ -1,4 +1,5 @@
-"""schemathesis against /openapi.json: no generated request gets a 500.
+"""schemathesis against /openapi.json: no generated request gets a 500, and every answer is
+what the document says (status codes, content types, body schemas, headers).
 
 The app is served in this process by uvicorn in a thread: schemathesis' own ASGI transport
 would run the app's lifespan (open the store, set it up, close it) around every request. Valid
@@ -13,8 +14,15 @@ from pathlib import Path
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
 from schemathesis.schemas import BaseSchema
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.fixtures.server import live_server, settings_for
 
@@ -22,6 +30,12 @@ EXAMPLES = 15
 # LangServe's run bodies embed every message schema; generating one costs about a second.
 EXAMPLES_OF_RUN_BODIES = 3
 HEADERS = {"Authorization": "Bearer fuzz-key", "X-Thread-Id": "fuzz"}
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 SERVER_ERROR_EVENT = '"status_code": 500'
 
 
@@ -63,6 +77,13 @@ def fuzz(schema: BaseSchema, base_url: str) -> list[str]:
                     failures.append(
                         f"{case.method} {case.formatted_path} -> {response.status_code}: "
                         f"{case.body!r:.300} -> {response.text[:300]}"
+                    )
+                try:
+                    case.validate_response(response, checks=CONFORMANCE)
+                except FailureGroup as group:
+                    failures.append(
+                        f"{case.method} {case.formatted_path} -> {response.status_code} does not "
+                        f"match the document: {str(group)[:400]}"
                     )
 
             try:

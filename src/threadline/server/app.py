@@ -30,6 +30,7 @@ from threadline.server.connections import BodyDeadline
 from threadline.server.docs import add_protected_docs
 from threadline.server.limits import Limits
 from threadline.server.locks import open_turn_locks
+from threadline.server.openapi import documented_openapi
 from threadline.server.outages import install_outage_handlers
 from threadline.server.streams import EndFailedStreams
 from threadline.server.thread_routes import router as threads_router
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         **hidden,
     )
+    app.openapi = lambda: documented_openapi(app, keys=api_keys is not None)  # type: ignore[method-assign]
     if protect_docs:
         add_protected_docs(app)
     app.state.api_keys = api_keys
