@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     postgres_url: SecretStr | None = None
     redis_url: SecretStr | None = None
     postgres_pool_size: int = Field(default=10, ge=1)
+    # Decoded transcripts each process keeps, so a turn decodes only what it added.
+    history_cache_mb: int = Field(default=32, ge=1)
     # How long an operation waits for a pooled Postgres connection before it is a 503.
     postgres_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_ttl_minutes: float | None = Field(

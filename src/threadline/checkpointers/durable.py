@@ -69,6 +69,9 @@ from threadline.checkpointers.serde import (
 
 logger = logging.getLogger(__name__)
 
+# Decoded delta histories kept per process (about one entry per active thread).
+DEFAULT_HISTORY_CACHE_BYTES = 32 * 1024 * 1024
+
 # Sibling of `channel_values` in the checkpoint JSONB holding the sealed primitive values.
 SEALED_VALUES = "$enc_values"
 POOL_KWARGS = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
@@ -192,12 +195,13 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         pool: AsyncConnectionPool[AsyncConnection[DictRow]],
         *,
         serde: SerializerProtocol | None = None,
+        history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES,
     ) -> None:
         if not isinstance(pool, AsyncConnectionPool):
             raise TypeError("DurablePostgresSaver needs a psycopg AsyncConnectionPool")
         super().__init__(pool, serde=serde)
         self.sealer = ValueSealer(self.serde)
-        self.delta_histories = HistoryCache()
+        self.delta_histories = HistoryCache(history_cache_bytes)
         self.pending_snapshots = PendingSnapshots()
 
     @classmethod
@@ -209,11 +213,12 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         pool_size: int = 10,
         pool_timeout_seconds: float = 10.0,
         serde: SerializerProtocol | None = None,
+        history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES,
         setup: bool = True,
     ) -> AsyncIterator[DurablePostgresSaver]:
         """A ready saver on its own pool, closed on exit."""
         async with open_pool(conn_string, pool_size, pool_timeout_seconds) as pool:
-            saver = cls(pool, serde=serde)
+            saver = cls(pool, serde=serde, history_cache_bytes=history_cache_bytes)
             if setup:
                 await saver.setup()
             yield saver

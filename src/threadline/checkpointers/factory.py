@@ -50,6 +50,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
             pool_size=settings.postgres_pool_size,
             pool_timeout_seconds=settings.postgres_pool_timeout_seconds,
             serde=serde,
+            history_cache_bytes=settings.history_cache_mb * 1024 * 1024,
         ) as postgres_saver:
             yield postgres_saver
     elif kind == "redis":
@@ -84,6 +85,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
             serde=serde,
             pool_size=settings.postgres_pool_size,
             pool_timeout_seconds=settings.postgres_pool_timeout_seconds,
+            history_cache_bytes=settings.history_cache_mb * 1024 * 1024,
             hot_ttl_seconds=settings.hot_ttl_seconds,
             redis_timeout_seconds=settings.redis_timeout_seconds,
         ) as tiered_saver:

@@ -47,6 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from threadline.checkpointers.delta import stored_bytes_in_memory
 from threadline.checkpointers.durable import (
+    DEFAULT_HISTORY_CACHE_BYTES,
     CheckpointRecord,
     CheckpointStoreUnavailable,
     DurablePostgresSaver,
@@ -174,6 +175,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         redis_timeout_seconds: float = 0.1,
         redis_retry_seconds: float = 1.0,
         key_prefix: str | None = None,
+        history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES,
         setup: bool = True,
     ) -> AsyncIterator[TieredSaver]:
         """A ready saver owning its Postgres pool and Redis client for the context.
@@ -186,6 +188,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             pool_size=pool_size,
             pool_timeout_seconds=pool_timeout_seconds,
             serde=serde,
+            history_cache_bytes=history_cache_bytes,
             setup=False,
         ) as durable:
             if setup:
