@@ -393,21 +393,30 @@ async def test_langgraph_dev_takes_its_settings_from_dot_env_when_present(
     assert len(stored.values["messages"]) == 2
 
 
-def test_langgraph_dev_refuses_to_start_on_an_incomplete_backend_setting(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            {"THREADLINE_CHECKPOINTER": "postgres"},
+            "THREADLINE_CHECKPOINTER=postgres needs THREADLINE_POSTGRES_URL",
+        ),
+        ({"THREADLINE_AES_KEY": "short"}, "THREADLINE_AES_KEY must be 16, 24 or 32 bytes"),
+    ],
+    ids=["no-postgres-url", "bad-aes-key"],
+)
+def test_langgraph_dev_refuses_to_start_on_a_setting_that_cannot_work(
+    tmp_path: Path, setting: dict[str, str], message: str
 ) -> None:
     project = scratch_project(tmp_path)
-    env = dev_environment({"THREADLINE_MODEL": "fake", "THREADLINE_CHECKPOINTER": "postgres"})
+    env = dev_environment({"THREADLINE_MODEL": "fake", **setting})
     proc, server = _start(project, env)
     try:
         proc.wait(timeout=START_TIMEOUT)
     except subprocess.TimeoutExpired:
         _stop(proc)
-        pytest.fail(
-            f"langgraph dev kept running without THREADLINE_POSTGRES_URL:\n{server.log_tail()}"
-        )
+        pytest.fail(f"langgraph dev kept running with {setting}:\n{server.log_tail()}")
     assert proc.returncode != 0
-    assert "THREADLINE_CHECKPOINTER=postgres needs THREADLINE_POSTGRES_URL" in server.log_tail(200)
+    assert message in server.log_tail(200)
 
 
 async def test_langgraph_dev_persists_through_the_tiered_saver(
