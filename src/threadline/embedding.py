@@ -17,10 +17,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
-from langgraph._internal._constants import NS_SEP
-from langgraph._internal._runnable import RunnableCallable
 from langgraph.graph.state import CompiledStateGraph
 
+from threadline.compat import NS_SEP, RunnableCallable
 from threadline.graph.agent import GRAPH_NAME, build_graph
 from threadline.graph.context import Context, MemoryPolicy
 from threadline.graph.state import InputState, ThreadState

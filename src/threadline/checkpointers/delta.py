@@ -31,9 +31,10 @@ from typing import Any, Protocol
 
 from langchain_core.messages import BaseMessage
 from langgraph.checkpoint.base import DeltaChannelHistory, writes_sort_key
-from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncCursor
 from psycopg.rows import DictRow
+
+from threadline.compat import DeltaSnapshot
 
 HistoryKey = tuple[str, str, str, str]  # thread, namespace, checkpoint id, channel
 StoredWrite = tuple[str, str, int, str, bytes]  # task id, task path, idx, type, blob
@@ -240,7 +241,7 @@ DECODED_BYTES_PER_STORED_BYTE = 4
 def approx_bytes(history: DeltaChannelHistory) -> int:
     """A rough size of a decoded history in memory: enough to bound a cache by bytes."""
     seed = history.get("seed")
-    value = seed.value if isinstance(seed, _DeltaSnapshot) else seed
+    value = seed.value if isinstance(seed, DeltaSnapshot) else seed
     return _item_bytes(value) + sum(_item_bytes(write[2]) for write in history["writes"])
 
 
@@ -261,7 +262,7 @@ def _item_bytes(item: Any) -> int:
 
 
 def _seed_weight(seed: Any) -> int:
-    value = seed.value if isinstance(seed, _DeltaSnapshot) else seed
+    value = seed.value if isinstance(seed, DeltaSnapshot) else seed
     try:
         return len(value)
     except TypeError:
@@ -383,7 +384,7 @@ def missing_tail(value: Any, history: DeltaChannelHistory) -> list[BaseMessage] 
     if None in ids or len(ids) != len(value):
         return None
     seed: Any = history.get("seed", [])
-    base = seed.value if isinstance(seed, _DeltaSnapshot) else seed
+    base = seed.value if isinstance(seed, DeltaSnapshot) else seed
     if not isinstance(base, list):
         return None
     items = list(base)

@@ -39,10 +39,8 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.postgres.base import (
     PRUNE_BLOBS_SQL,
     PRUNE_REFERENCED_BLOBS_SQL,
-    _garbage_blobs,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
@@ -66,6 +64,7 @@ from threadline.checkpointers.serde import (
     ValueSealer,
     metadata_matches,
 )
+from threadline.compat import DeltaSnapshot, garbage_blobs
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ class PreparedCheckpoint:
         return {
             k: (str(versions[k]), v.value)
             for k, v in self.checkpoint["channel_values"].items()
-            if isinstance(v, _DeltaSnapshot) and k in versions
+            if isinstance(v, DeltaSnapshot) and k in versions
         }
 
     def new_blobs(self) -> dict[str, tuple[str, str, bytes]]:
@@ -266,7 +265,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         markers: dict[str, Any] = {}
         blob_values: dict[str, Any] = {}
         for k, v in checkpoint["channel_values"].items():
-            if isinstance(v, _DeltaSnapshot):
+            if isinstance(v, DeltaSnapshot):
                 blob_values[k] = v
                 markers[k] = True
             elif v is None:
@@ -647,7 +646,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             for (thread_id, ns), versions in freed.items():
                 await cur.execute(PRUNE_REFERENCED_BLOBS_SQL, (thread_id, ns))
                 referenced = await cur.fetchall()
-                for channel, garbage in _garbage_blobs(versions, referenced).items():
+                for channel, garbage in garbage_blobs(versions, referenced).items():
                     await cur.execute(PRUNE_BLOBS_SQL, (thread_id, ns, channel, garbage))
         return set(freed)
 

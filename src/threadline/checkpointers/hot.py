@@ -30,12 +30,12 @@ from typing import Any
 import ormsgpack
 from langgraph.checkpoint.base import DeltaChannelHistory, writes_sort_key
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from threadline.checkpointers.durable import CheckpointRecord, PreparedCheckpoint, PreparedWrites
+from threadline.compat import DeltaSnapshot
 
 ABSENT_GEN = "0"
 # Channel values from this size on are stored compressed.
@@ -604,7 +604,7 @@ class HotTier:
         channel_values = prepared.checkpoint["channel_values"]
         channels = _DeltaChannels(
             history=history_channels(prepared.metadata, channel_values),
-            snapshots=[ch for ch, v in channel_values.items() if isinstance(v, _DeltaSnapshot)],
+            snapshots=[ch for ch, v in channel_values.items() if isinstance(v, DeltaSnapshot)],
             parent=prepared.parent_id,
         )
         if not prepared.parent_id:  # a root checkpoint: its histories are empty, and complete

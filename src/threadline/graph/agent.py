@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import BaseTool
-from langgraph._internal._runnable import RunnableCallable
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
+from threadline.compat import RunnableCallable
 from threadline.graph.context import Context, MemoryPolicy
 from threadline.graph.models import make_chat_model
 from threadline.graph.nodes import AgentNodes

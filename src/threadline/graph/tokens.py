@@ -27,6 +27,8 @@ from typing import Any, Literal, Protocol
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.tools import BaseTool
 
+from threadline.compat import openai_wire_converters
+
 log = logging.getLogger(__name__)
 
 _ENCODING_URLS = {
@@ -93,12 +95,10 @@ def _encoding_for(model_name: str) -> Any:
 
 def openai_payload(message: BaseMessage) -> dict[str, Any]:
     """The dict `ChatOpenAI` puts on the wire for this message (Chat Completions API)."""
-    from langchain_openai.chat_models._compat import _convert_from_v1_to_chat_completions
-    from langchain_openai.chat_models.base import _convert_message_to_dict
-
+    from_v1, to_wire = openai_wire_converters()
     if isinstance(message, AIMessage):
-        message = _convert_from_v1_to_chat_completions(message)
-    return _convert_message_to_dict(message)
+        message = from_v1(message)
+    return to_wire(message)
 
 
 def _billed_parts(payload: dict[str, Any]) -> tuple[list[str], int]:

@@ -27,9 +27,10 @@ from langchain_core.messages import (
     convert_to_messages,
     message_chunk_to_message,
 )
-from langgraph._internal._typing import MISSING
 from langgraph.channels.delta import DeltaChannel
 from langgraph.graph.message import add_messages
+
+from threadline.compat import MISSING
 
 # Snapshot once the messages written since the last snapshot reach 1/SNAPSHOT_DIVISOR of the
 # transcript, and never more often than every MIN_SNAPSHOT_UPDATES channel updates.
