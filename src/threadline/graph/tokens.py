@@ -135,7 +135,7 @@ class _CachedCounter:
 
     exact = False
 
-    def __init__(self, cache_size: int = 50_000) -> None:
+    def __init__(self, cache_size: int = 20_000) -> None:
         self._cache: OrderedDict[tuple[Any, ...], int] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()  # one counter serves every thread of the server
