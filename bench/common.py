@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from threadline.services import PostgresServer, RedisServer, free_port
+from threadline.dev.services import PostgresServer, RedisServer, free_port
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,10 @@ from langchain_core.messages import HumanMessage
 
 from bench.common import BenchServices, bench_services, render_table
 from threadline.checkpointers import open_checkpointer
+from threadline.dev.services import free_port
 from threadline.graph import make_graph
 from threadline.server.locks import open_turn_locks
 from threadline.server.turns import TurnRunner
-from threadline.services import free_port
 from threadline.settings import Settings
 
 CLIENTS = (1, 16, 64)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from threadline.services import free_port
+from threadline.dev.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

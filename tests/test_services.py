@@ -8,7 +8,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from threadline.services import DevServices, RedisServer, ServiceError
+from threadline.dev.services import DevServices, RedisServer, ServiceError
 
 
 def _module_names(url: str) -> set[str]:

@@ -21,9 +21,9 @@ from typing_extensions import TypedDict
 
 from tests.fixtures.openai_stub import OpenAIStub, RecordedRequest
 from threadline.checkpointers import open_checkpointer
+from threadline.dev.services import RedisServer
 from threadline.embedding import make_subgraph, subgraph_config, wrapper_node
 from threadline.graph.tokens import install_offline_encodings
-from threadline.services import RedisServer
 from threadline.settings import Settings
 
 SYSTEM_PROMPT = "You are the embedded test assistant."

@@ -18,7 +18,7 @@ from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 from tests.fixtures.checkpointers import offline_agent, take_turns, thread_config
 from threadline.checkpointers.durable import open_pool
 from threadline.checkpointers.serde import UnencryptedDataError, make_serializer
-from threadline.services import postgres_bindir
+from threadline.dev.services import postgres_bindir
 
 KEY = "0123456789abcdef0123456789abcdef"
 FILLER = " and then some more words to fill the context budget quickly" * 4

@@ -162,7 +162,7 @@ StateDir = Annotated[Path, typer.Option(help="Where the services keep their stat
 @services_app.command("start")
 def services_start(state_dir: StateDir = DEFAULT_SERVICES_DIR) -> None:
     """Start Postgres, Redis Stack and a module-free Redis; print the URLs to export."""
-    from threadline.services import DevServices, ServiceError
+    from threadline.dev.services import DevServices, ServiceError
 
     try:
         urls = DevServices.start(state_dir)
@@ -175,7 +175,7 @@ def services_start(state_dir: StateDir = DEFAULT_SERVICES_DIR) -> None:
 @services_app.command("stop")
 def services_stop(state_dir: StateDir = DEFAULT_SERVICES_DIR) -> None:
     """Stop the services and delete their data."""
-    from threadline.services import DevServices
+    from threadline.dev.services import DevServices
 
     DevServices.stop(state_dir)
     out.print("services stopped")
@@ -184,7 +184,7 @@ def services_stop(state_dir: StateDir = DEFAULT_SERVICES_DIR) -> None:
 @services_app.command("status")
 def services_status(state_dir: StateDir = DEFAULT_SERVICES_DIR) -> None:
     """Tell which services are running."""
-    from threadline.services import DevServices
+    from threadline.dev.services import DevServices
 
     for service in DevServices.status(state_dir):
         out.print(service.describe(), highlight=False)

@@ -249,7 +249,7 @@ def _tail(text: str, lines: int = 60) -> str:
 def services() -> Iterator[tuple[str, str]]:
     """(postgres_url, plain_redis_url): from THREADLINE_TEST_POSTGRES_URL /
     THREADLINE_TEST_PLAIN_REDIS_URL when set, else throwaway servers stopped on exit."""
-    from threadline.services import PostgresServer, RedisServer, free_port
+    from threadline.dev.services import PostgresServer, RedisServer, free_port
 
     started: list[PostgresServer | RedisServer] = []
     dirs: list[str] = []
