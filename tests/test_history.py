@@ -19,7 +19,7 @@ from langgraph.channels.delta import DeltaChannel
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
-from tests.fixtures.checkpointers import TieredFactory, offline_agent, thread_config
+from tests.fixtures.checkpointers import offline_agent, thread_config
 from threadline.checkpointers.delta import (
     HistoryCache,
     PendingSnapshots,
@@ -29,16 +29,6 @@ from threadline.checkpointers.delta import (
 from threadline.graph.transcript import append_messages
 
 BACKENDS = ["postgres", "tiered"]
-
-
-@pytest.fixture
-def open_backend(
-    open_durable: Callable[..., Any], open_tiered: TieredFactory
-) -> Callable[..., Any]:
-    def factory(backend: str, **options: Any) -> Any:
-        return open_durable(**options) if backend == "postgres" else open_tiered(**options)
-
-    return factory
 
 
 class Counted(TypedDict):
@@ -75,6 +65,14 @@ def message_snapshots(db_url: str, thread_id: str) -> int:
     return int(row[0]) if row else 0
 
 
+async def two_turns(graph: Any, config: dict[str, Any]) -> tuple[Any, Any]:
+    """The states after a first and a second turn ("one", "two")."""
+    await graph.ainvoke({"messages": [HumanMessage("one")], "items": []}, config)
+    first = await graph.aget_state(config)
+    await graph.ainvoke({"messages": [HumanMessage("two")]}, config)
+    return first, await graph.aget_state(config)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_a_run_from_an_old_checkpoint_leaves_the_abandoned_branch_readable(
     backend: str, open_backend: Callable[..., Any]
@@ -82,10 +80,7 @@ async def test_a_run_from_an_old_checkpoint_leaves_the_abandoned_branch_readable
     config = thread_config("fork")
     async with open_backend(backend) as saver:
         graph = counted_graph(saver)
-        await graph.ainvoke({"messages": [HumanMessage("one")], "items": []}, config)
-        first_head = await graph.aget_state(config)
-        await graph.ainvoke({"messages": [HumanMessage("two")]}, config)
-        old_head = await graph.aget_state(config)
+        first_head, old_head = await two_turns(graph, config)
         before = [s async for s in graph.aget_state_history(config)]
         await graph.ainvoke({"messages": [HumanMessage("other two")]}, first_head.config)
 
@@ -110,10 +105,7 @@ async def test_update_state_on_an_old_checkpoint_leaves_the_other_branch_alone(
     config = thread_config("edit")
     async with open_backend(backend) as saver:
         graph = counted_graph(saver)
-        await graph.ainvoke({"messages": [HumanMessage("one")], "items": []}, config)
-        first_head = await graph.aget_state(config)
-        await graph.ainvoke({"messages": [HumanMessage("two")]}, config)
-        old_head = await graph.aget_state(config)
+        first_head, old_head = await two_turns(graph, config)
         edited = await graph.aupdate_state(
             first_head.config, {"messages": [HumanMessage("edited")]}
         )

@@ -45,16 +45,6 @@ class CountingSerializer(JsonPlusSerializer):
         return super().loads_typed(data)
 
 
-@pytest.fixture
-def open_backend(
-    open_durable: Callable[..., Any], open_tiered: TieredFactory
-) -> Callable[..., Any]:
-    def factory(backend: str, **options: Any) -> Any:
-        return open_durable(**options) if backend == "postgres" else open_tiered(**options)
-
-    return factory
-
-
 def sentences(count: int, seed: int = 3) -> list[str]:
     rng = random.Random(seed)
     words = "bees hive honey garden queen comb wax pollen flower summer nectar frame".split()  # noqa: SIM905
