@@ -1,4 +1,7 @@
-"""What `langgraph.json` points at besides the graph: the saver factory and the HTTP app.
+"""What `langgraph.json` points at: the graph, the saver factory and the HTTP app.
+
+`graph` is the agent compiled without a checkpointer (Studio refuses one that brings its own);
+it is built here, at a composition root, so that importing `threadline.graph` reads nothing.
 
 `langgraph dev` enters `checkpointer()` once at start-up and keeps the saver for the server's
 lifetime, so Studio threads persist through the configured backend exactly like the HTTP
@@ -15,6 +18,7 @@ from fastapi import FastAPI
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from threadline.checkpointers import open_checkpointer
+from threadline.graph import make_graph
 from threadline.server import create_app
 from threadline.settings import Settings
 
@@ -45,4 +49,5 @@ def make_studio_app(settings: Settings | None = None) -> FastAPI:
     return outer
 
 
+graph = make_graph(settings=Settings.from_env())
 app = make_studio_app()

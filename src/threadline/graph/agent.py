@@ -1,8 +1,9 @@
 """The agent graph: START → trim_or_summarize → model → END (plus an optional tool loop).
 
 `build_graph` returns the uncompiled `StateGraph` for embedding and customising; `make_graph`
-compiles it with whatever checkpointer the caller injects (the graph knows no storage); the
-module-level `graph` is compiled without one, for `langgraph.json` and Studio.
+compiles it with whatever checkpointer the caller injects (the graph knows no storage). Importing
+this package reads no settings: the composition roots (CLI, server, `threadline.studio`, which
+exports the graph `langgraph.json` loads) pass them in.
 """
 
 from __future__ import annotations
@@ -86,6 +87,3 @@ def make_graph(
     """The compiled agent, persisting through `checkpointer` when one is given."""
     builder = build_graph(settings, model=model, policy=policy, tools=tools)
     return builder.compile(checkpointer=checkpointer, name=GRAPH_NAME)
-
-
-graph = make_graph()
