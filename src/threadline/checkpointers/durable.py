@@ -45,6 +45,7 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 
 from threadline.checkpointers.delta import (
     FORGET_SEEDS_SQL,
@@ -685,6 +686,11 @@ def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableC
 def _write_order(write: tuple[str, str, str, bytes, str, int]) -> tuple[Any, ...]:
     return writes_sort_key(write[4], write[0], write[5])
 
+
+# psycopg_pool waits this long after a failed check (and before its first reconnection
+# attempt), doubling each time. Its default (1 s) meant that after a database restart each
+# dead pooled connection cost a caller a second; 0.1 s lets recovery follow the database.
+AttemptWithBackoff.INITIAL_DELAY = 0.1
 
 # When each pooled connection was last given back (see `_check_if_idle`).
 _RETURNED_AT: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = weakref.WeakKeyDictionary()

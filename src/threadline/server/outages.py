@@ -32,7 +32,11 @@ STORE_ERRORS: tuple[type[Exception], ...] = (
 
 async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning(
-        "%s %s: store unavailable (%s)", request.method, request.url.path, type(exc).__name__
+        "%s %s: store unavailable (%s: %s)",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        str(exc).splitlines()[0][:200] if str(exc) else "",
     )
     return JSONResponse(
         {
