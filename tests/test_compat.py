@@ -29,3 +29,16 @@ def test_langchain_openai_wire_converters() -> None:
     from_v1, to_wire = compat.openai_wire_converters()
     assert to_wire(HumanMessage("hi")) == {"content": "hi", "role": "user"}
     assert to_wire(from_v1(AIMessage("ok")))["role"] == "assistant"
+
+
+def test_pool_retry_delays_are_capped() -> None:
+    import psycopg_pool.pool_async
+
+    compat.cap_pool_retry_delays()
+    attempt = psycopg_pool.pool_async.AttemptWithBackoff(timeout=300)
+    delays = []
+    for now in range(12):
+        attempt.update_delay(float(now))
+        delays.append(attempt.delay)
+    assert delays[0] <= 0.11
+    assert max(delays) == 1.0

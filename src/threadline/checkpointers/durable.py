@@ -45,7 +45,6 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from psycopg_pool.base import AttemptWithBackoff
 
 from threadline.checkpointers.delta import (
     FORGET_SEEDS_SQL,
@@ -65,7 +64,7 @@ from threadline.checkpointers.serde import (
     ValueSealer,
     metadata_matches,
 )
-from threadline.compat import DeltaSnapshot, garbage_blobs
+from threadline.compat import DeltaSnapshot, cap_pool_retry_delays, garbage_blobs
 
 logger = logging.getLogger(__name__)
 
@@ -687,11 +686,6 @@ def _write_order(write: tuple[str, str, str, bytes, str, int]) -> tuple[Any, ...
     return writes_sort_key(write[4], write[0], write[5])
 
 
-# psycopg_pool waits this long after a failed check (and before its first reconnection
-# attempt), doubling each time. Its default (1 s) meant that after a database restart each
-# dead pooled connection cost a caller a second; 0.1 s lets recovery follow the database.
-AttemptWithBackoff.INITIAL_DELAY = 0.1
-
 # When each pooled connection was last given back (see `_check_if_idle`).
 _RETURNED_AT: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
 IDLE_CHECK_SECONDS = 1.0
@@ -718,6 +712,7 @@ async def open_pool(
     `timeout_seconds` bounds the wait for a connection, so an unreachable Postgres fails an
     operation instead of hanging it.
     """
+    cap_pool_retry_delays()
     pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
         conn_string,
         min_size=min(max_size, 2),
