@@ -82,3 +82,37 @@ def test_a_stream_nobody_reads_lets_its_thread_go_when_the_turn_is_stored(server
         finally:
             for sock in stalled:
                 sock.close()
+
+
+@pytest.fixture
+def stub_server(openai_stub: Any, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name, value in openai_stub.env().items():
+        monkeypatch.setenv(name, value)
+    settings = settings_for(
+        model="openai:gpt-4o-mini",
+        checkpointer="postgres",
+        postgres_url=postgres_db_url,
+        turn_lock_timeout_seconds=10.0,
+    )
+    with live_server(settings) as url:
+        yield url
+
+
+def test_a_client_that_leaves_mid_turn_keeps_its_thread_busy_until_the_turn_is_stored(
+    stub_server: str, openai_stub: Any
+) -> None:
+    """The turn goes on when its client leaves; the next turn on the thread waits for it
+    instead of running beside it (which would fork the thread)."""
+    openai_stub.delay_when(lambda request: request.last_user_text == "slow one", 2.0)
+    with httpx.Client(base_url=stub_server, timeout=30) as client:
+        with client.stream("POST", "/agent/stream", json=turn("slow one", "leaving")) as stream:
+            next(stream.iter_bytes())  # the stream has started; now leave
+        after = client.post("/agent/invoke", json=turn("next one", "leaving"))
+        assert after.status_code == 200, after.text
+        messages = client.get("/threads/leaving").json()["messages"]
+    assert [m["content"] for m in messages] == [
+        "slow one",
+        "echo: slow one",
+        "next one",
+        "echo: next one",
+    ]

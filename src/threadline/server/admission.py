@@ -8,6 +8,7 @@ LangServe then calls `agent_config` once per run config to put the tenant-scoped
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
@@ -29,10 +30,8 @@ from threadline.server.threads import THREAD_HEADER, scoped_thread_key, validate
 
 TURN_ENDPOINTS = frozenset({"invoke", "batch", "stream", "stream_events", "stream_log"})
 STREAM_ENDPOINTS = frozenset({"stream", "stream_events", "stream_log"})
-# How the turn of a streamed request lets its thread go once stored (see `turn_held`).
-_RELEASE: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
-    "threadline_turn_release", default=None
-)
+# The threads a streamed request holds, for its turn to let go of once stored (`turn_held`).
+_HELD: ContextVar[HeldThreads | None] = ContextVar("threadline_held_threads", default=None)
 
 
 @dataclass
@@ -66,13 +65,22 @@ async def hold_threads(stack: AsyncExitStack, admission: Admission, keys: list[s
         raise HTTPException(503, str(exc)) from None
 
 
+@dataclass
+class HeldThreads:
+    """The thread locks of one request, and the streamed turn (if any) still running on them."""
+
+    release: Callable[[], Awaitable[None]]
+    turn: asyncio.Future[None] | None = None
+
+
 @asynccontextmanager
 async def turn_held(
     admission: Admission, keys: list[str], *, streamed: bool
 ) -> AsyncIterator[None]:
     """Hold the request's threads (409 busy / 503 lock store down) until its response ends,
     or, for a stream, until its turn is stored (`release_turn`): a client reading slowly, or
-    not at all, never keeps its thread (or a lock connection) past its turn."""
+    not at all, never keeps its thread (or a lock connection) past its turn. A turn still
+    running when its client has gone keeps the threads until it ends."""
     stack = AsyncExitStack()
     await hold_threads(stack, admission, keys)
     released = False
@@ -83,18 +91,27 @@ async def turn_held(
             released = True
             await stack.aclose()
 
-    _RELEASE.set(release if streamed else None)
+    held = HeldThreads(release)
+    _HELD.set(held if streamed else None)
     try:
         yield
     finally:
-        _RELEASE.set(None)
-        await release()
+        _HELD.set(None)
+        if held.turn is None or held.turn.done():
+            await release()
+        # else: the turn releases them as it ends (`release_turn`)
+
+
+def running_turn(turn: asyncio.Future[None]) -> None:
+    """Tell the request holding the threads that `turn` runs on them."""
+    if (held := _HELD.get()) is not None:
+        held.turn = turn
 
 
 async def release_turn() -> None:
-    """Let this request's threads go now: its turn is stored."""
-    if (release := _RELEASE.get()) is not None:
-        await release()
+    """Let this request's threads go now: its turn is stored, or failed."""
+    if (held := _HELD.get()) is not None:
+        await held.release()
 
 
 def requested_thread(config: Any, header: str | None) -> str:

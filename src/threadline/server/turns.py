@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
-from threadline.server.admission import release_turn
+from threadline.server.admission import release_turn, running_turn
 from threadline.server.idempotency import previous_result, turn_metadata
 from threadline.server.staged import StagedSaver
 from threadline.settings import Strategy
@@ -122,14 +122,17 @@ class TurnRunner:
                     ):
                         chunks.put_nowait(("chunk", chunk))
                 await self._commit(staged)
-                await release_turn()
                 chunks.put_nowait(("stored", None))
             except BaseException as exc:
                 chunks.put_nowait(("failed", exc))
                 if not isinstance(exc, Exception):
                     raise
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await release_turn()
 
         task = asyncio.ensure_future(run())
+        running_turn(task)
         self._turns.add(task)
         task.add_done_callback(self._turns.discard)
         held: list[Any] = []
