@@ -8,10 +8,8 @@ LangServe then calls `agent_config` once per run config to put the tenant-scoped
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,19 +17,19 @@ from fastapi import HTTPException, Request
 
 from threadline.graph.context import InvalidOverrideError, MemoryPolicy
 from threadline.server.auth import authenticate
+from threadline.server.held import HELD, HeldThreads
 from threadline.server.idempotency import (
     IDEMPOTENCY_CONFIG_KEY,
     IDEMPOTENCY_HEADER,
     validate_idempotency_key,
 )
 from threadline.server.limits import Limits, check_turn_input, json_body
-from threadline.server.locks import LockBackendError, ThreadBusyError, TurnLocks
+from threadline.server.locks import LockBackendError, ThreadBusyError
+from threadline.server.serving import ServingSlot
 from threadline.server.threads import THREAD_HEADER, scoped_thread_key, validate_thread_id
 
 TURN_ENDPOINTS = frozenset({"invoke", "batch", "stream", "stream_events", "stream_log"})
 STREAM_ENDPOINTS = frozenset({"stream", "stream_events", "stream_log"})
-# The threads a streamed request holds, for its turn to let go of once stored (`turn_held`).
-_HELD: ContextVar[HeldThreads | None] = ContextVar("threadline_held_threads", default=None)
 
 
 @dataclass
@@ -41,12 +39,10 @@ class Admission:
     limits: Limits
     policy: MemoryPolicy
     lock_timeout: float
-    locks: TurnLocks | None = None
+    serving: ServingSlot
 
     def held(self, keys: list[str]) -> Any:
-        if self.locks is None:
-            raise RuntimeError("thread locks exist only while the app's lifespan runs")
-        return self.locks.hold(keys, self.lock_timeout)
+        return self.serving.current.locks.hold(keys, self.lock_timeout)
 
 
 async def hold_threads(stack: AsyncExitStack, admission: Admission, keys: list[str]) -> None:
@@ -63,14 +59,6 @@ async def hold_threads(stack: AsyncExitStack, admission: Admission, keys: list[s
         ) from None
     except LockBackendError as exc:
         raise HTTPException(503, str(exc)) from None
-
-
-@dataclass
-class HeldThreads:
-    """The thread locks of one request, and the streamed turn (if any) still running on them."""
-
-    release: Callable[[], Awaitable[None]]
-    turn: asyncio.Future[None] | None = None
 
 
 @asynccontextmanager
@@ -92,26 +80,14 @@ async def turn_held(
             await stack.aclose()
 
     held = HeldThreads(release)
-    _HELD.set(held if streamed else None)
+    HELD.set(held if streamed else None)
     try:
         yield
     finally:
-        _HELD.set(None)
+        HELD.set(None)
         if held.turn is None or held.turn.done():
             await release()
         # else: the turn releases them as it ends (`release_turn`)
-
-
-def running_turn(turn: asyncio.Future[None]) -> None:
-    """Tell the request holding the threads that `turn` runs on them."""
-    if (held := _HELD.get()) is not None:
-        held.turn = turn
-
-
-async def release_turn() -> None:
-    """Let this request's threads go now: its turn is stored, or failed."""
-    if (held := _HELD.get()) is not None:
-        await held.release()
 
 
 def requested_thread(config: Any, header: str | None) -> str:

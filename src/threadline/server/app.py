@@ -32,6 +32,7 @@ from threadline.server.limits import Limits
 from threadline.server.locks import open_turn_locks
 from threadline.server.openapi import documented_openapi
 from threadline.server.outages import install_outage_handlers
+from threadline.server.serving import Serving, ServingSlot
 from threadline.server.streams import EndFailedStreams
 from threadline.server.thread_routes import router as threads_router
 from threadline.server.turns import ServedAgent, TurnRunner
@@ -55,12 +56,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = (settings or Settings.from_env()).check()
     api_keys = ApiKeys.parse(settings.api_keys)
     graph = make_graph(settings=settings)
-    agent = ServedAgent(graph)
-    chat = ChatAgent()
+    serving = ServingSlot()
+    agent = ServedAgent(graph, lambda: serving.current.runner)
+    chat = ChatAgent(lambda: serving.current.runner)
     admission = Admission(
         limits=Limits.from_settings(settings),
         policy=MemoryPolicy.from_settings(settings),
         lock_timeout=settings.turn_lock_timeout_seconds,
+        serving=serving,
     )
 
     @asynccontextmanager
@@ -70,16 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             locks = await stack.enter_async_context(open_turn_locks(settings))
             async with locks.setup_guard():
                 saver = await stack.enter_async_context(open_checkpointer(settings))
-            runner = TurnRunner(graph.copy({"checkpointer": saver}))
-            agent.attach(runner)
-            chat.attach(runner)
-            admission.locks = locks
-            app.state.runner = runner
+            serving.fill(Serving(TurnRunner(graph.copy({"checkpointer": saver})), locks))
             try:
                 yield
             finally:
-                app.state.runner = None
-                admission.locks = None
+                serving.fill(None)
 
     protect_docs = api_keys is not None and not settings.publish_docs
     hidden: dict[str, Any] = (
@@ -96,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         add_protected_docs(app)
     app.state.api_keys = api_keys
     app.state.admission = admission
-    app.state.runner = None
+    app.state.serving = serving
     app.add_middleware(ChatThreadCookie)
     app.add_middleware(EndFailedStreams)
     app.add_middleware(BodyDeadline, seconds=settings.body_timeout_seconds)
@@ -110,16 +108,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/readyz", tags=["health"])
     async def readyz(request: Request) -> JSONResponse:
         """The checkpointer and the thread locks answer; 503 otherwise."""
-        runner: TurnRunner | None = request.app.state.runner
-        if runner is None or admission.locks is None:
+        if not serving.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
-        saver = runner.graph.checkpointer
+        current = serving.current
+        saver = current.runner.graph.checkpointer
         assert saver is not None and not isinstance(saver, bool)
         checks = {
             "checkpointer": await _probe(
                 saver.aget_tuple({"configurable": {"thread_id": READY_PROBE_THREAD}})
             ),
-            "thread_locks": await _probe(admission.locks.ping()),
+            "thread_locks": await _probe(current.locks.ping()),
         }
         ready = all(value == "ok" for value in checks.values())
         return JSONResponse(

@@ -9,7 +9,7 @@ reaches the checkpointed graph; the reply streams back as text.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
@@ -142,23 +142,19 @@ def reply_text(message: Any) -> str:
 class ChatAgent:
     """The chat-shaped runnable: the new message in, the reply's text streamed out."""
 
-    def __init__(self) -> None:
-        self.runner: TurnRunner | None = None
-
-    def attach(self, runner: TurnRunner) -> None:
-        self.runner = runner
+    def __init__(self, runner: Callable[[], TurnRunner]) -> None:
+        self._runner = runner  # the running lifespan's turn runner
 
     def runnable(self) -> Runnable[Any, str]:
         turn: Runnable[Any, Any] = RunnableLambda(self._turn, name="threadline-chat")
         return turn.with_types(input_type=ChatInput, output_type=str)
 
     async def _turn(self, input: dict[str, Any], config: RunnableConfig) -> AsyncIterator[str]:
-        if self.runner is None:
-            raise RuntimeError("the chat is served only while the app's lifespan runs")
+        runner = self._runner()
         turn = {"messages": [new_human_message(input)]}
-        if (previous := await self.runner.previous(turn, config)) is not None:
+        if (previous := await runner.previous(turn, config)) is not None:
             yield reply_text(previous["messages"][-1])
             return
-        async for message, metadata in self.runner.stream(turn, config, stream_mode="messages"):
+        async for message, metadata in runner.stream(turn, config, stream_mode="messages"):
             if metadata.get("langgraph_node") == "model" and (text := reply_text(message)):
                 yield text

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from threadline.server.admission import Admission, hold_threads
 from threadline.server.auth import require_tenant
+from threadline.server.serving import ServingSlot
 from threadline.server.threads import THREAD_ID_PATTERN, scoped_thread_key
 from threadline.server.turns import TurnRunner
 
@@ -70,10 +71,8 @@ class HistoryOut(BaseModel):
 
 
 def _runner(request: Request) -> TurnRunner:
-    runner: TurnRunner | None = getattr(request.app.state, "runner", None)
-    if runner is None:
-        raise HTTPException(503, "the server is starting or stopping")
-    return runner
+    slot: ServingSlot = request.app.state.serving
+    return slot.current.runner
 
 
 def _saver(runner: TurnRunner) -> BaseCheckpointSaver:

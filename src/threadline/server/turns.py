@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal, get_args
 
 import anyio
@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
-from threadline.server.admission import release_turn, running_turn
+from threadline.server.held import release_turn, running_turn
 from threadline.server.idempotency import previous_result, turn_metadata
 from threadline.server.staged import StagedSaver
 from threadline.settings import Strategy
@@ -158,17 +158,11 @@ class ServedAgent(Runnable[dict[str, Any], dict[str, Any]]):
 
     name = "threadline"
 
-    def __init__(self, graph: CompiledStateGraph[Any, Any, Any, Any]) -> None:
+    def __init__(
+        self, graph: CompiledStateGraph[Any, Any, Any, Any], runner: Callable[[], TurnRunner]
+    ) -> None:
         self._graph = graph
-        self.runner: TurnRunner | None = None
-
-    def attach(self, runner: TurnRunner) -> None:
-        self.runner = runner
-
-    def _runner(self) -> TurnRunner:
-        if self.runner is None:
-            raise RuntimeError("the agent is served only while the app's lifespan runs")
-        return self.runner
+        self._runner = runner  # the running lifespan's turn runner
 
     @property
     def InputType(self) -> Any:
