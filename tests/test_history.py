@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.channels.delta import DeltaChannel
+from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
@@ -26,6 +27,7 @@ from threadline.checkpointers.delta import (
     StoredSnapshots,
     approx_bytes,
 )
+from threadline.compat import DeltaSnapshot
 from threadline.graph.transcript import append_messages
 
 BACKENDS = ["postgres", "tiered"]
@@ -207,3 +209,40 @@ def test_the_history_cache_is_bounded_by_bytes() -> None:
     )
     assert held <= 200_000
     assert cache.get(("t", "", "c049", "messages")) is not None  # the newest stays
+
+
+@pytest.mark.parametrize("with_sibling", [False, True], ids=["only-child", "sibling"])
+async def test_a_snapshot_tail_is_stored_only_on_a_parent_without_another_branch(
+    with_sibling: bool, open_durable: Callable[..., Any], postgres_db_url: str
+) -> None:
+    """Under durability "exit" a snapshot's own writes are not stored; the saver stores them
+    on the parent — unless another branch already left that parent without snapshotting, whose
+    history would then replay them too."""
+    thread_id = thread_config("tail")["configurable"]["thread_id"]
+    base = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    message = HumanMessage("only on the snapshot's branch", id="m1")
+    async with open_durable() as saver:
+        parent = empty_checkpoint()
+        parent_config = await saver.aput(base, parent, {}, {})
+        await saver.aget_delta_channel_history(config=parent_config, channels=["messages"])
+        snapshot = {
+            **empty_checkpoint(),
+            "channel_values": {"messages": DeltaSnapshot([message])},
+            "channel_versions": {"messages": "2"},
+        }
+        await saver.aput(parent_config, snapshot, {}, {"messages": "2"})
+        nxt = {**empty_checkpoint(), "channel_versions": {"messages": "3"}}
+        # The thread's next put: a sibling of the snapshot, or a child of it.
+        after = (
+            parent_config
+            if with_sibling
+            else {"configurable": {**base["configurable"], "checkpoint_id": snapshot["id"]}}
+        )
+        await saver.aput(after, nxt, {}, {"messages": "3"})
+    with psycopg.connect(postgres_db_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM checkpoint_writes WHERE thread_id = %s AND checkpoint_id = %s",
+            (thread_id, parent["id"]),
+        ).fetchone()
+    assert row is not None
+    assert row[0] == (0 if with_sibling else 1)

@@ -40,6 +40,8 @@ HistoryKey = tuple[str, str, str, str]  # thread, namespace, checkpoint id, chan
 StoredWrite = tuple[str, str, int, str, bytes]  # task id, task path, idx, type, blob
 # Ancestors a history read steps through looking for a cached one before a full walk.
 MAX_PARENT_STEPS = 8
+# Decoded delta histories kept per process (about one entry per active thread).
+DEFAULT_HISTORY_CACHE_BYTES = 32 * 1024 * 1024
 
 # The target's parent, the requested channels the parent stores a value for (a seed), and
 # the parent's writes to those channels: everything one step of history needs.
@@ -98,14 +100,23 @@ INSERT INTO threadline_delta_seeds (thread_id, checkpoint_ns, channel, checkpoin
 VALUES (%(thread)s, %(ns)s, %(channel)s, %(id)s, %(version)s) ON CONFLICT DO NOTHING
 """
 # A snapshot's tail: the messages it added whose writes were never stored, written onto the
-# snapshot's parent (only if that is stored: a walk that does not find it reads none of its
-# writes), which makes the snapshot derived. The same shape as LangGraph's exit-mode writes.
+# snapshot's parent, which makes the snapshot derived. The same shape as LangGraph's exit-mode
+# writes. Only if the parent is stored (a walk that does not find it reads none of its writes)
+# and the snapshot is its only child: a sibling branched off before the tail existed was not
+# made to snapshot (LangGraph forces that only for a parent with pending writes), so its history
+# would replay the tail too. A branch made later sees the tail and snapshots.
 STORE_TAIL_SQL = """
 INSERT INTO checkpoint_writes
     (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
-SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s
+SELECT %(thread)s, %(ns)s, %(parent)s, %(task)s, %(path)s, %(idx)s, %(channel)s, %(type)s,
+    %(blob)s
 WHERE EXISTS (
-    SELECT 1 FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s
+    SELECT 1 FROM checkpoints
+    WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(parent)s
+) AND NOT EXISTS (
+    SELECT 1 FROM checkpoints
+    WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s
+        AND parent_checkpoint_id = %(parent)s AND checkpoint_id <> %(child)s
 )
 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
 DO UPDATE SET blob = EXCLUDED.blob
@@ -175,8 +186,8 @@ class HistoryCache:
     """LRU of decoded delta histories, bounded by the (estimated) bytes of the objects it holds
     (about one entry per active thread: extending an entry drops its parent's)."""
 
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self.max_weight = max_bytes
+    def __init__(self, max_bytes: int = DEFAULT_HISTORY_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[HistoryKey, tuple[DeltaChannelHistory, int]] = OrderedDict()
         self._weight = 0
         # (thread, namespace) -> channel -> newest checkpoint id cached for it
@@ -202,7 +213,7 @@ class HistoryCache:
         an entry extended from its parent's passes the parent's plus what it added."""
         self.discard(key)
         weight = approx_bytes(history) if weight is None else weight
-        if weight > self.max_weight:
+        if weight > self.max_bytes:
             return
         self._entries[key] = (history, weight)
         self._weight += weight
@@ -210,7 +221,7 @@ class HistoryCache:
         newest = self._newest.setdefault((thread_id, checkpoint_ns), {})
         if newest.get(channel, "") < checkpoint_id:
             newest[channel] = checkpoint_id
-        while self._weight > self.max_weight:
+        while self._weight > self.max_bytes:
             dropped_key, (_, dropped) = self._entries.popitem(last=False)
             self._weight -= dropped
             self._forget(dropped_key)
@@ -286,10 +297,12 @@ async def delta_history(
     """
     thread_id, checkpoint_ns, _ = key
     result: dict[str, DeltaChannelHistory] = {}
-    pending = [ch for ch in channels if cache.get((*key, ch)) is None]
+    pending: list[str] = []
     for ch in channels:
-        if ch not in pending:
-            result[ch] = cache.get((*key, ch))  # type: ignore[assignment]
+        if (found := cache.get((*key, ch))) is None:
+            pending.append(ch)
+        else:
+            result[ch] = found
     walk: list[str] = []
     newer: list[dict[str, list[StoredWrite]]] = []  # the writes at each ancestor, nearest first
     target = key[2]
@@ -403,6 +416,7 @@ def tail_task_id(checkpoint_id: str) -> str:
 
 
 __all__ = [
+    "DEFAULT_HISTORY_CACHE_BYTES",
     "FORGET_SEEDS_SQL",
     "RETIRE_SEEDS_SQL",
     "SEEDS_MIGRATION",

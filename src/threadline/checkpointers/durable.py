@@ -47,6 +47,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from threadline.checkpointers.delta import (
+    DEFAULT_HISTORY_CACHE_BYTES,
     FORGET_SEEDS_SQL,
     RETIRE_SEEDS_SQL,
     SEEDS_MIGRATION,
@@ -67,9 +68,6 @@ from threadline.checkpointers.serde import (
 from threadline.compat import DeltaSnapshot, cap_pool_retry_delays, garbage_blobs
 
 logger = logging.getLogger(__name__)
-
-# Decoded delta histories kept per process (about one entry per active thread).
-DEFAULT_HISTORY_CACHE_BYTES = 32 * 1024 * 1024
 
 # Sibling of `channel_values` in the checkpoint JSONB holding the sealed primitive values.
 SEALED_VALUES = "$enc_values"
@@ -392,14 +390,17 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         channel: str,
         tail: list[Any],
     ) -> bool:
-        """Store a snapshot's unstored messages as a write on its parent, if that is stored."""
+        """Store a snapshot's unstored messages as a write on its parent, if that is stored
+        and has no other child (see `STORE_TAIL_SQL`)."""
         if snapshots.parent_id is None:
             return False
         key = (snapshots.thread_id, snapshots.checkpoint_ns, snapshots.parent_id)
         (row,) = self._dump_writes(
             *key, tail_task_id(snapshots.checkpoint_id), "", [(channel, tail)]
         )
-        await cur.execute(STORE_TAIL_SQL, (*row, *key))
+        names = ("thread", "ns", "parent", "task", "path", "idx", "channel", "type", "blob")
+        params = {**dict(zip(names, row, strict=True)), "child": snapshots.checkpoint_id}
+        await cur.execute(STORE_TAIL_SQL, params)
         return await cur.fetchone() is not None
 
     def prepare_writes(
