@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     # With API keys set, /docs, /redoc and /openapi.json need a key too unless published.
     publish_docs: bool = False
     turn_lock_timeout_seconds: float = Field(default=10.0, ge=0)
+    # How long a retried turn (same Idempotency-Key or message id) gets its first result.
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
     max_message_chars: int = Field(default=32_000, ge=1)
     max_messages_per_request: int = Field(default=50, ge=1)
 

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import psycopg
@@ -60,6 +61,7 @@ from threadline.checkpointers.delta import (
     tail_task_id,
 )
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
+from threadline.checkpointers.receipts import Receipt, live, receipts_in
 from threadline.checkpointers.serde import (
     UnencryptedDataError,
     ValueSealer,
@@ -110,7 +112,32 @@ DELETE_THREAD_SQL = (
     "DELETE FROM checkpoint_blobs WHERE thread_id = %s",
     "DELETE FROM checkpoint_writes WHERE thread_id = %s",
     "DELETE FROM threadline_delta_seeds WHERE thread_id = %s",
+    "DELETE FROM threadline_turn_receipts WHERE thread_id = %s",
 )
+# One statement per entry (the pool's binary cursors take one command at a time).
+RECEIPTS_MIGRATION = [
+    statement
+    for statement in resources.files(__package__)
+    .joinpath("sql/postgres_receipts.sql")
+    .read_text()
+    .split(";\n")
+    if statement.strip()
+]
+# Written after PURGE_EXPIRED_RECEIPTS_SQL: a live receipt keeps its first checkpoint.
+RECORD_RECEIPTS_SQL = """
+INSERT INTO threadline_turn_receipts
+    (thread_id, name, digest, checkpoint_ns, checkpoint_id, expires_at)
+SELECT %s, u.name, u.digest, %s, %s, to_timestamp(%s)
+FROM unnest(%s::text[], %s::text[]) AS u(name, digest)
+ON CONFLICT (thread_id, name) DO NOTHING
+"""
+PURGE_EXPIRED_RECEIPTS_SQL = """
+DELETE FROM threadline_turn_receipts WHERE thread_id = %s AND expires_at <= now()
+"""
+SELECT_RECEIPT_SQL = """
+SELECT name, digest, checkpoint_ns, checkpoint_id, extract(epoch FROM expires_at) AS expires_at
+FROM threadline_turn_receipts WHERE thread_id = %s AND name = %s
+"""
 
 
 class CheckpointStoreUnavailable(RuntimeError):
@@ -131,6 +158,19 @@ class PreparedCheckpoint:
     blob_channels: list[str]  # channels whose values live in checkpoint_blobs
     blob_rows: list[tuple[Any, ...]]  # checkpoint_blobs rows for this put's new versions
     row: tuple[Any, ...]  # the checkpoints row
+    receipts: list[Receipt] = field(default_factory=list)  # recorded with the row
+
+    def receipt_statements(self) -> list[Statement]:
+        if not self.receipts:
+            return []
+        where = (self.thread_id, self.checkpoint_ns, self.checkpoint_id)
+        expires_at = self.receipts[0].expires_at
+        names = [r.name for r in self.receipts]
+        digests = [r.digest for r in self.receipts]
+        return [
+            (PURGE_EXPIRED_RECEIPTS_SQL, (self.thread_id,)),
+            (RECORD_RECEIPTS_SQL, (*where, expires_at, names, digests)),
+        ]
 
     def snapshots(self) -> dict[str, tuple[str, Any]]:
         """Channel -> (version, value) of the delta-channel snapshots this put stores."""
@@ -221,10 +261,18 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             yield saver
 
     async def setup(self) -> None:
-        """The stock tables and migrations, then threadline's derived-snapshot records."""
+        """The stock tables and migrations, then threadline's own tables."""
         await super().setup()
         async with self._cursor() as cur:
             await cur.execute(SEEDS_MIGRATION)
+            for statement in RECEIPTS_MIGRATION:
+                await cur.execute(statement)
+
+    async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
+        async with self._cursor() as cur:
+            await cur.execute(SELECT_RECEIPT_SQL, (thread_id, name))
+            row = await cur.fetchone()
+        return live(Receipt(**{**row, "expires_at": float(row["expires_at"])})) if row else None
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
@@ -299,6 +347,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             blob_channels=[k for k in blob_values if k in checkpoint["channel_versions"]],
             blob_rows=self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions),
             row=row,
+            receipts=receipts_in(md, checkpoint_ns, checkpoint["id"]),
         )
 
     async def write_checkpoint(
@@ -309,7 +358,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             if prepared.blob_rows:
                 await cur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, prepared.blob_rows)
             await cur.execute(self.UPSERT_CHECKPOINTS_SQL, prepared.row)
-            for sql, params in also:
+            for sql, params in [*prepared.receipt_statements(), *also]:
                 await cur.execute(sql, params)
 
     async def aput(

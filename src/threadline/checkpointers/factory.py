@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.memory import InMemorySaver
 
+from threadline.checkpointers.memory import MemorySaver
 from threadline.checkpointers.serde import make_serializer
 from threadline.settings import Settings, SettingsError
 
@@ -24,20 +24,23 @@ def _secret(value: object) -> str:
 
 @asynccontextmanager
 async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointSaver]:
-    """Yield the saver `settings.checkpointer` names, with its tables/indexes set up."""
+    """Yield the saver `settings.checkpointer` names, with its tables/indexes set up.
+
+    Every one keeps turn receipts (`receipts.KeepsReceipts`)."""
     aes_key = _secret(settings.aes_key) if settings.aes_key else None
     serde = make_serializer(aes_key)
     kind = settings.checkpointer
     if kind == "memory":
-        yield InMemorySaver(serde=serde)
+        yield MemorySaver(serde=serde)
     elif kind == "sqlite":
         import aiosqlite
-        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        from threadline.checkpointers.sqlite import SqliteSaver
 
         path = Path(settings.sqlite_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         async with aiosqlite.connect(str(path)) as conn:
-            sqlite_saver = AsyncSqliteSaver(conn, serde=serde)
+            sqlite_saver = SqliteSaver(conn, serde=serde)
             await sqlite_saver.setup()
             yield sqlite_saver
     elif kind == "postgres":
@@ -54,7 +57,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
         ) as postgres_saver:
             yield postgres_saver
     elif kind == "redis":
-        from langgraph.checkpoint.redis.aio import AsyncRedisSaver
+        from threadline.checkpointers.redis import RedisSaver
 
         if settings.redis_url is None:
             raise SettingsError("THREADLINE_CHECKPOINTER=redis needs THREADLINE_REDIS_URL")
@@ -68,7 +71,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
             if settings.redis_ttl_minutes
             else None
         )
-        async with AsyncRedisSaver.from_conn_string(_secret(settings.redis_url), ttl=ttl) as saver:
+        async with RedisSaver.from_conn_string(_secret(settings.redis_url), ttl=ttl) as saver:
             await saver.asetup()
             yield saver
     elif kind == "tiered":

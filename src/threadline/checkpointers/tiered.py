@@ -55,6 +55,7 @@ from threadline.checkpointers.durable import (
 )
 from threadline.checkpointers.hot import HotHistory, HotTier, history_channels
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
+from threadline.checkpointers.receipts import Receipt
 
 logger = logging.getLogger(__name__)
 
@@ -515,6 +516,9 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
     ) -> AsyncIterator[CheckpointTuple]:
         async for found in self.durable.alist(config, filter=filter, before=before, limit=limit):
             yield found
+
+    async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
+        return await self.durable.aget_receipt(thread_id, name)
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]

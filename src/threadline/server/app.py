@@ -73,7 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             locks = await stack.enter_async_context(open_turn_locks(settings))
             async with locks.setup_guard():
                 saver = await stack.enter_async_context(open_checkpointer(settings))
-            serving.fill(Serving(TurnRunner(graph.copy({"checkpointer": saver})), locks))
+            runner = TurnRunner(
+                graph.copy({"checkpointer": saver}),
+                receipt_lifetime_seconds=settings.idempotency_ttl_seconds,
+            )
+            serving.fill(Serving(runner, locks))
             try:
                 yield
             finally:

@@ -1,29 +1,30 @@
 """Retried turns: recognise them and answer with the first result.
 
-A turn is recognised by its `Idempotency-Key` header or by the id of its new human message. Both
-are written into the metadata of the turn's one checkpoint, in the same write as the turn itself,
-so there is no separate store that could disagree with the thread: the result exists exactly
-when the turn does, in whichever backend holds the thread.
+A turn is known by its `Idempotency-Key` header and by the id of its new human message. Both
+names, hashed, go into the turn's receipts (`checkpointers.receipts`), which its saver records
+in the same write as the turn's checkpoint and keeps for `THREADLINE_IDEMPOTENCY_TTL_SECONDS`,
+however many turns follow. A retry within that lifetime gets the state its first run stored; a
+key sent again with another request, or a message id sent again with another message, is
+refused rather than answered with someone else's result.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import HTTPException
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.graph.state import CompiledStateGraph
+
+from threadline.checkpointers.receipts import KeepsReceipts, Receipt, receipts_metadata
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_CONFIG_KEY = "__threadline_idempotency_key"
-KEY_METADATA = "threadline_idempotency_key"
-MESSAGE_METADATA = "threadline_message_id"
-DIGEST_METADATA = "threadline_request_digest"
 MAX_KEY_CHARS = 255
 
 
@@ -63,73 +64,81 @@ def _comparable(message: Any) -> Any:
     return message
 
 
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def request_digest(input: Any) -> str:
     """A digest of what the turn adds, to tell a retry from another request under one key."""
     messages = input.get("messages") if isinstance(input, Mapping) else input
-    canonical = json.dumps(
-        [_comparable(m) for m in messages or []], sort_keys=True, default=str
-    ).encode()
-    return hashlib.sha256(canonical).hexdigest()
+    return _digest([_comparable(m) for m in messages or []])
 
 
-def turn_metadata(config: RunnableConfig, input: Any) -> dict[str, str]:
-    """What the turn's checkpoint records so that a retry can find it."""
-    metadata: dict[str, str] = {}
+def _key_name(key: str) -> str:
+    return hashlib.sha256(f"key\0{key}".encode()).hexdigest()
+
+
+def _message_name(message_id: str) -> str:
+    return hashlib.sha256(f"message\0{message_id}".encode()).hexdigest()
+
+
+def turn_receipts(config: RunnableConfig, input: Any, lifetime_seconds: float) -> dict[str, Any]:
+    """The metadata that makes the turn's checkpoint record its receipts."""
+    digests: dict[str, str] = {}
     if key := (config.get("configurable") or {}).get(IDEMPOTENCY_CONFIG_KEY):
-        metadata[KEY_METADATA] = key
-        metadata[DIGEST_METADATA] = request_digest(input)
+        digests[_key_name(key)] = request_digest(input)
     if message_id := new_message_id(input):
-        metadata[MESSAGE_METADATA] = message_id
-    return metadata
+        digests[_message_name(message_id)] = _digest(_comparable(_newest_human(input)))
+    return receipts_metadata(digests, time.time() + lifetime_seconds) if digests else {}
 
 
-async def find_turn(
-    saver: BaseCheckpointSaver, thread_key: str, wanted: dict[str, str]
-) -> CheckpointTuple | None:
-    """The newest checkpoint whose metadata has `wanted`.
-
-    The metadata is checked here too: not every saver applies `filter` faithfully.
-    """
-    config: RunnableConfig = {"configurable": {"thread_id": thread_key}}
-    async for saved in saver.alist(config, filter=wanted):
-        if all(saved.metadata.get(name) == value for name, value in wanted.items()):
-            return saved
-    return None
+async def _first_result(
+    graph: CompiledStateGraph[Any, Any, Any, Any], thread_key: str, receipt: Receipt
+) -> dict[str, Any]:
+    config: RunnableConfig = {
+        "configurable": {
+            "thread_id": thread_key,
+            "checkpoint_ns": receipt.checkpoint_ns,
+            "checkpoint_id": receipt.checkpoint_id,
+        }
+    }
+    assert graph.checkpointer is not None and not isinstance(graph.checkpointer, bool)
+    if await graph.checkpointer.aget_tuple(config) is None:
+        raise HTTPException(
+            409, "this turn was stored already, but the checkpoint holding its result was pruned"
+        )
+    return (await graph.aget_state(config)).values
 
 
 async def previous_result(
     graph: CompiledStateGraph[Any, Any, Any, Any], config: RunnableConfig, input: Any
 ) -> dict[str, Any] | None:
-    """The state the first run of this turn ended with, or None if it never ran."""
+    """The state the first run of this turn stored, or None if it never ran."""
     saver = graph.checkpointer
-    assert isinstance(saver, BaseCheckpointSaver)
+    assert isinstance(saver, KeepsReceipts), "the server's savers keep turn receipts"
     thread_key = config["configurable"]["thread_id"]
-    recorded = turn_metadata(config, input)
-    key = recorded.get(KEY_METADATA)
-    if key and (found := await find_turn(saver, thread_key, {KEY_METADATA: key})):
-        if (
-            found.metadata.get(DIGEST_METADATA, recorded[DIGEST_METADATA])
-            != recorded[DIGEST_METADATA]
-        ):
+    key = (config.get("configurable") or {}).get(IDEMPOTENCY_CONFIG_KEY)
+    if key and (found := await saver.aget_receipt(thread_key, _key_name(key))):
+        if found.digest != request_digest(input):
             raise HTTPException(
                 422, f"this {IDEMPOTENCY_HEADER} was used for a different request; use a new key"
             )
-        return (await graph.aget_state(found.config)).values
-    message_id = recorded.get(MESSAGE_METADATA)
+        return await _first_result(graph, thread_key, found)
+    message_id = new_message_id(input)
     if message_id is None:
         return None
-    thread_config: RunnableConfig = {"configurable": {"thread_id": thread_key}}
-    current = await graph.aget_state(thread_config)
-    stored = [
-        m for m in current.values.get("messages", []) if _message_field(m, "id") == message_id
-    ]
-    if not stored:
-        return None
-    if _comparable(stored[0]) != _comparable(_newest_human(input)):
-        raise HTTPException(
-            409,
-            f"a different message with id {message_id!r} is already in the thread; "
-            "give a new message a new id",
-        )
-    found = await find_turn(saver, thread_key, {MESSAGE_METADATA: message_id})
-    return (await graph.aget_state(found.config)).values if found else current.values
+    if found := await saver.aget_receipt(thread_key, _message_name(message_id)):
+        if found.digest != _digest(_comparable(_newest_human(input))):
+            raise _id_taken(message_id)
+        return await _first_result(graph, thread_key, found)
+    current = await graph.aget_state({"configurable": {"thread_id": thread_key}})
+    if any(_message_field(m, "id") == message_id for m in current.values.get("messages", [])):
+        raise _id_taken(message_id)  # a message of another kind, or stored past the lifetime
+    return None
+
+
+def _id_taken(message_id: str) -> HTTPException:
+    return HTTPException(
+        409,
+        f"a message with id {message_id!r} is already in the thread; give a new message a new id",
+    )

@@ -81,8 +81,16 @@ class StagedSaver(BaseCheckpointSaver):
     ) -> None:
         self._staged.append(("aput_writes", (config, writes, task_id, task_path)))
 
-    async def commit(self) -> None:
-        """Write what the turn staged, in the order LangGraph produced it."""
+    async def commit(self, final_metadata: Mapping[str, Any] | None = None) -> None:
+        """Write what the turn staged, in the order LangGraph produced it.
+
+        `final_metadata` joins the metadata of the turn's last checkpoint, the one holding
+        its result (used for the turn's receipts)."""
         staged, self._staged = self._staged, []
+        last_put = max((i for i, (m, _) in enumerate(staged) if m == "aput"), default=None)
+        if final_metadata and last_put is not None:
+            config, checkpoint, metadata, versions = staged[last_put][1]
+            metadata = {**metadata, **final_metadata}
+            staged[last_put] = ("aput", (config, checkpoint, metadata, versions))
         for method, args in staged:
             await getattr(self._saver, method)(*args)

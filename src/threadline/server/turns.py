@@ -22,9 +22,11 @@ from pydantic import BaseModel
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
 from threadline.server.held import release_turn, running_turn
-from threadline.server.idempotency import previous_result, turn_metadata
+from threadline.server.idempotency import previous_result, turn_receipts
 from threadline.server.staged import StagedSaver
 from threadline.settings import Strategy
+
+DEFAULT_RECEIPT_LIFETIME_SECONDS = 24 * 3600
 
 TURN_CONFIG_SPECS = [
     ConfigurableFieldSpec(
@@ -73,33 +75,40 @@ def graph_errors() -> Iterator[None]:
 class TurnRunner:
     """Runs turns on a graph compiled with the real saver."""
 
-    def __init__(self, graph: CompiledStateGraph[Any, Any, Any, Any]) -> None:
+    def __init__(
+        self,
+        graph: CompiledStateGraph[Any, Any, Any, Any],
+        *,
+        receipt_lifetime_seconds: float = DEFAULT_RECEIPT_LIFETIME_SECONDS,
+    ) -> None:
         self.graph = graph
+        self.receipt_lifetime_seconds = receipt_lifetime_seconds
         self._turns: set[asyncio.Future[None]] = set()  # streamed turns still running
 
     async def previous(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
         return await previous_result(self.graph, config, input)
 
     def _staged(self, config: RunnableConfig, input: Any) -> tuple[Any, StagedSaver, Any]:
+        """The graph on a staging saver, and the receipts its commit will record (taken
+        before the run: the graph gives id-less input messages their ids in place)."""
         saver = self.graph.checkpointer
         assert saver is not None and not isinstance(saver, bool)
         staged = StagedSaver(saver)
-        metadata = {**(config.get("metadata") or {}), **turn_metadata(config, input)}
-        run_config = {**config, "metadata": metadata}
-        return self.graph.copy({"checkpointer": staged}), staged, run_config
+        receipts = turn_receipts(config, input, self.receipt_lifetime_seconds)
+        return self.graph.copy({"checkpointer": staged}), staged, receipts
 
     @staticmethod
-    async def _commit(staged: StagedSaver) -> None:
+    async def _commit(staged: StagedSaver, receipts: dict[str, Any]) -> None:
         with anyio.CancelScope(shield=True):  # a turn that finished is stored, disconnect or not
-            await staged.commit()
+            await staged.commit(receipts)
 
     async def invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         if (previous := await self.previous(input, config)) is not None:
             return previous
-        graph, staged, run_config = self._staged(config, input)
+        graph, staged, receipts = self._staged(config, input)
         with graph_errors():
-            output = await graph.ainvoke(input, run_config, durability="exit")
-        await self._commit(staged)
+            output = await graph.ainvoke(input, config, durability="exit")
+        await self._commit(staged, receipts)
         return dict(output)
 
     async def stream(self, input: Any, config: RunnableConfig, **kwargs: Any) -> AsyncIterator[Any]:
@@ -111,17 +120,15 @@ class TurnRunner:
         the thread does not hold. If storing fails, the stream raises and ends with an error
         event instead.
         """
-        graph, staged, run_config = self._staged(config, input)
+        graph, staged, receipts = self._staged(config, input)
         chunks: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
         async def run() -> None:
             try:
                 with graph_errors():
-                    async for chunk in graph.astream(
-                        input, run_config, durability="exit", **kwargs
-                    ):
+                    async for chunk in graph.astream(input, config, durability="exit", **kwargs):
                         chunks.put_nowait(("chunk", chunk))
-                await self._commit(staged)
+                await self._commit(staged, receipts)
                 chunks.put_nowait(("stored", None))
             except BaseException as exc:
                 chunks.put_nowait(("failed", exc))
