@@ -7,6 +7,7 @@ is counted at the HTTP level. The store is Postgres, as in a multi-replica deplo
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -151,11 +152,12 @@ async def test_a_second_turn_on_a_busy_thread_gets_409(
         **store,
     )
     openai_stub.delay_when(lambda request: request.last_user_text == "slow one", 1.5)
+    thread = f"busy-{uuid.uuid4().hex[:8]}"  # the Redis server is shared by the session
     async with asgi_client(settings) as client:
-        slow = asyncio.create_task(client.post("/agent/invoke", json=turn("slow one")))
+        slow = asyncio.create_task(client.post("/agent/invoke", json=turn("slow one", thread)))
         await asyncio.to_thread(openai_stub.wait_for_requests, 1)
-        blocked = await client.post("/agent/invoke", json=turn("impatient"))
-        deleting = await client.delete("/threads/t")
+        blocked = await client.post("/agent/invoke", json=turn("impatient", thread))
+        deleting = await client.delete(f"/threads/{thread}")
         other = await client.post("/agent/invoke", json=turn("elsewhere", thread_id="other"))
         assert not slow.done()
         assert blocked.status_code == 409
@@ -163,7 +165,7 @@ async def test_a_second_turn_on_a_busy_thread_gets_409(
         assert deleting.status_code == 409
         assert other.status_code == 200
         assert (await slow).status_code == 200
-        assert await transcript(client) == ["slow one", "echo: slow one"]
-        after = await client.post("/agent/invoke", json=turn("now it is free"))
+        assert await transcript(client, thread) == ["slow one", "echo: slow one"]
+        after = await client.post("/agent/invoke", json=turn("now it is free", thread))
         assert after.status_code == 200
     assert len(openai_stub.completions) == 3

@@ -62,6 +62,7 @@ from threadline.checkpointers.delta import (
 )
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
+from threadline.checkpointers.records import ThreadRecord, record_in
 from threadline.checkpointers.serde import (
     UnencryptedDataError,
     ValueSealer,
@@ -113,14 +114,13 @@ DELETE_THREAD_SQL = (
     "DELETE FROM checkpoint_writes WHERE thread_id = %s",
     "DELETE FROM threadline_delta_seeds WHERE thread_id = %s",
     "DELETE FROM threadline_turn_receipts WHERE thread_id = %s",
+    "DELETE FROM threadline_threads WHERE thread_key = %s",
 )
-# One statement per entry (the pool's binary cursors take one command at a time).
-RECEIPTS_MIGRATION = [
+# threadline's own tables, one statement per entry (binary cursors take one command at a time).
+MIGRATIONS = [
     statement
-    for statement in resources.files(__package__)
-    .joinpath("sql/postgres_receipts.sql")
-    .read_text()
-    .split(";\n")
+    for name in ("postgres_receipts.sql", "postgres_threads.sql")
+    for statement in resources.files(__package__).joinpath(f"sql/{name}").read_text().split(";\n")
     if statement.strip()
 ]
 # Written after PURGE_EXPIRED_RECEIPTS_SQL: a live receipt keeps its first checkpoint.
@@ -133,6 +133,20 @@ ON CONFLICT (thread_id, name) DO NOTHING
 """
 PURGE_EXPIRED_RECEIPTS_SQL = """
 DELETE FROM threadline_turn_receipts WHERE thread_id = %s AND expires_at <= now()
+"""
+RECORD_COLUMNS = (
+    "thread_key, tenant, thread_id, user_id, title, created_at, updated_at, message_count, metadata"
+)
+# A turn's record: owner, title, creation and metadata stay as the first turn left them.
+UPSERT_RECORD_SQL = f"""
+INSERT INTO threadline_threads ({RECORD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (thread_key) DO UPDATE SET
+    updated_at = EXCLUDED.updated_at, message_count = EXCLUDED.message_count
+"""
+SELECT_RECORD_SQL = f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE thread_key = %s"
+UPDATE_RECORD_SQL = f"""
+UPDATE threadline_threads SET title = coalesce(%s, title), metadata = coalesce(%s, metadata)
+WHERE thread_key = %s RETURNING {RECORD_COLUMNS}
 """
 SELECT_RECEIPT_SQL = """
 SELECT name, digest, checkpoint_ns, checkpoint_id, extract(epoch FROM expires_at) AS expires_at
@@ -159,6 +173,17 @@ class PreparedCheckpoint:
     blob_rows: list[tuple[Any, ...]]  # checkpoint_blobs rows for this put's new versions
     row: tuple[Any, ...]  # the checkpoints row
     receipts: list[Receipt] = field(default_factory=list)  # recorded with the row
+    record: ThreadRecord | None = None  # upserted with the row
+
+    def side_statements(self) -> list[Statement]:
+        """The receipts and thread record this checkpoint's transaction writes too."""
+        statements = self.receipt_statements()
+        if (r := self.record) is not None:
+            row = (r.thread_key, r.tenant, r.thread_id, r.user_id, r.title, r.created_at)
+            statements.append(
+                (UPSERT_RECORD_SQL, (*row, r.updated_at, r.message_count, Jsonb(r.metadata)))
+            )
+        return statements
 
     def receipt_statements(self) -> list[Statement]:
         if not self.receipts:
@@ -265,8 +290,46 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         await super().setup()
         async with self._cursor() as cur:
             await cur.execute(SEEDS_MIGRATION)
-            for statement in RECEIPTS_MIGRATION:
+            for statement in MIGRATIONS:
                 await cur.execute(statement)
+
+    async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
+        async with self._cursor() as cur:
+            await cur.execute(SELECT_RECORD_SQL, (thread_key,))
+            row = await cur.fetchone()
+        return ThreadRecord(**row) if row else None
+
+    async def alist_thread_records(
+        self,
+        tenant: str,
+        user_id: str | None,
+        limit: int,
+        after: tuple[float, str] | None = None,
+    ) -> list[ThreadRecord]:
+        where: list[str] = ["tenant = %s"]
+        params: list[Any] = [tenant]
+        if user_id is not None:
+            where.append("user_id = %s")
+            params.append(user_id)
+        if after is not None:
+            where.append("(updated_at, thread_key) < (%s, %s)")
+            params.extend(after)
+        sql = (
+            f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE {' AND '.join(where)} "
+            "ORDER BY updated_at DESC, thread_key DESC LIMIT %s"
+        )
+        async with self._cursor() as cur:
+            await cur.execute(sql, (*params, limit))
+            return [ThreadRecord(**row) for row in await cur.fetchall()]
+
+    async def aupdate_thread_record(
+        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+    ) -> ThreadRecord | None:
+        encoded = Jsonb(metadata) if metadata is not None else None
+        async with self._cursor() as cur:
+            await cur.execute(UPDATE_RECORD_SQL, (title, encoded, thread_key))
+            row = await cur.fetchone()
+        return ThreadRecord(**row) if row else None
 
     async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
         async with self._cursor() as cur:
@@ -348,6 +411,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             blob_rows=self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions),
             row=row,
             receipts=receipts_in(md, checkpoint_ns, checkpoint["id"]),
+            record=record_in(md),
         )
 
     async def write_checkpoint(
@@ -358,7 +422,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             if prepared.blob_rows:
                 await cur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, prepared.blob_rows)
             await cur.execute(self.UPSERT_CHECKPOINTS_SQL, prepared.row)
-            for sql, params in [*prepared.receipt_statements(), *also]:
+            for sql, params in [*prepared.side_statements(), *also]:
                 await cur.execute(sql, params)
 
     async def aput(

@@ -1,7 +1,8 @@
-"""`MemorySaver`: LangGraph's in-memory saver, keeping turn receipts beside the checkpoints."""
+"""`MemorySaver`: LangGraph's in-memory saver, with turn receipts and thread records beside it."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -9,14 +10,16 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.memory import InMemorySaver
 
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
+from threadline.checkpointers.records import ThreadRecord, listed, merged, record_in
 
 
 class MemorySaver(InMemorySaver):
-    """Receipts are recorded in the same synchronous step as the checkpoint."""
+    """Receipts and records change in the same synchronous step as the checkpoint."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.receipts: dict[str, dict[str, Receipt]] = {}  # thread_id → name → receipt
+        self.records: dict[str, ThreadRecord] = {}  # thread_id → record
 
     def put(
         self,
@@ -27,18 +30,44 @@ class MemorySaver(InMemorySaver):
     ) -> RunnableConfig:
         stored = super().put(config, checkpoint, metadata, new_versions)
         configurable = config["configurable"]
-        found = receipts_in(metadata, configurable.get("checkpoint_ns", ""), checkpoint["id"])
-        if found:
-            thread = self.receipts.setdefault(str(configurable["thread_id"]), {})
+        thread_id = str(configurable["thread_id"])
+        if found := receipts_in(metadata, configurable.get("checkpoint_ns", ""), checkpoint["id"]):
+            thread = self.receipts.setdefault(thread_id, {})
             for name in [n for n, r in thread.items() if live(r) is None]:
                 del thread[name]
             for receipt in found:
                 thread.setdefault(receipt.name, receipt)
+        if record := record_in(metadata):
+            self.records[thread_id] = merged(self.records.get(thread_id), record)
         return stored
 
     def delete_thread(self, thread_id: str) -> None:
         super().delete_thread(thread_id)
         self.receipts.pop(str(thread_id), None)
+        self.records.pop(str(thread_id), None)
 
     async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
         return live(self.receipts.get(str(thread_id), {}).get(name))
+
+    async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
+        return self.records.get(thread_key)
+
+    async def alist_thread_records(
+        self,
+        tenant: str,
+        user_id: str | None,
+        limit: int,
+        after: tuple[float, str] | None = None,
+    ) -> list[ThreadRecord]:
+        return listed(list(self.records.values()), tenant, user_id, limit, after)
+
+    async def aupdate_thread_record(
+        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+    ) -> ThreadRecord | None:
+        if (record := self.records.get(thread_key)) is None:
+            return None
+        changes: dict[str, Any] = {"title": title} if title is not None else {}
+        if metadata is not None:
+            changes["metadata"] = metadata
+        self.records[thread_key] = dataclasses.replace(record, **changes)
+        return self.records[thread_key]

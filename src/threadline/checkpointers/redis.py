@@ -1,27 +1,55 @@
-"""`RedisSaver`: the stock async Redis saver, keeping turn receipts beside the checkpoints.
+"""`RedisSaver`: the stock async Redis saver, with turn receipts and thread records beside it.
 
 A thread's receipts are the fields of one hash, each expiring on its own (`HEXPIREAT`, Redis
-7.4). The stock `aput` is itself several commands, not one transaction, so receipts are
-written right after it: a receipt never names a checkpoint that was not stored; a process
-that dies between the two leaves a stored turn without receipt (a retry carrying a message
-id is still recognised by that id in the thread).
+7.4). A thread's record is one JSON string, listed through sorted sets (one per tenant, one per
+tenant and user) whose members sort newest first by byte order, so a page is one
+`ZRANGEBYLEX` from the cursor. The stock `aput` is itself several commands, not one
+transaction, so receipts and record are written in one transaction right after it: neither
+ever names a checkpoint that was not stored; a process that dies between the two leaves a
+stored turn without them (a retry carrying a message id is still recognised by that id).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
+from threadline.checkpointers.records import ThreadRecord, merged, record_in
+
+NEWEST_FIRST_BASE = 10**17  # above any Unix time in microseconds
 
 
 def receipts_key(thread_id: str) -> str:
     """One hash per thread, in the thread's cluster slot."""
     return f"threadline:receipts:{{{thread_id}}}"
+
+
+def record_key(thread_key: str) -> str:
+    return f"threadline:thread:{{{thread_key}}}"
+
+
+def index_keys(record: ThreadRecord) -> list[str]:
+    """The listings a record appears in ("/" is outside the tenant and user alphabets)."""
+    keys = [f"threadline:threads/{record.tenant}"]
+    if record.user_id is not None:
+        keys.append(f"threadline:threads/{record.tenant}/{record.user_id}")
+    return keys
+
+
+def index_member(position: tuple[float, str]) -> str:
+    updated_at, thread_key = position
+    return f"{NEWEST_FIRST_BASE - round(updated_at * 1_000_000):017d}|{thread_key}"
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisSaver(AsyncRedisSaver):
@@ -36,15 +64,65 @@ class RedisSaver(AsyncRedisSaver):
         stored = await super().aput(config, checkpoint, metadata, new_versions, stream_mode)
         configurable = config["configurable"]
         found = receipts_in(metadata, configurable.get("checkpoint_ns", ""), checkpoint["id"])
-        if found:
-            key = receipts_key(str(configurable["thread_id"]))
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for r in found:
-                    value = json.dumps([r.digest, r.checkpoint_ns, r.checkpoint_id, r.expires_at])
-                    pipe.hsetnx(key, r.name, value)
-                    pipe.hexpireat(key, int(r.expires_at) + 1, r.name, nx=True)
-                await pipe.execute()
+        record = record_in(metadata)
+        old = await self.aget_thread_record(record.thread_key) if record else None
+        if not found and record is None:
+            return stored
+        key = receipts_key(str(configurable["thread_id"]))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for r in found:
+                value = json.dumps([r.digest, r.checkpoint_ns, r.checkpoint_id, r.expires_at])
+                pipe.hsetnx(key, r.name, value)
+                pipe.hexpireat(key, int(r.expires_at) + 1, r.name, nx=True)
+            if record is not None:
+                self._unlist(pipe, old)
+                self._store_record(pipe, merged(old, record))
+            await pipe.execute()
         return stored
+
+    @staticmethod
+    def _store_record(pipe: Any, record: ThreadRecord) -> None:
+        pipe.set(record_key(record.thread_key), record.to_json())
+        for index in index_keys(record):
+            pipe.zadd(index, {index_member(record.position): 0})
+
+    @staticmethod
+    def _unlist(pipe: Any, record: ThreadRecord | None) -> None:
+        if record is not None:
+            for index in index_keys(record):
+                pipe.zrem(index, index_member(record.position))
+
+    async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
+        value = await self._redis.get(record_key(thread_key))
+        return ThreadRecord.from_json(value) if value is not None else None
+
+    async def alist_thread_records(
+        self,
+        tenant: str,
+        user_id: str | None,
+        limit: int,
+        after: tuple[float, str] | None = None,
+    ) -> list[ThreadRecord]:
+        probe = ThreadRecord("", tenant, "", user_id, "", 0, 0, 0)
+        start = f"({index_member(after)}" if after is not None else "-"
+        members = await self._redis.zrangebylex(index_keys(probe)[-1], start, "+", 0, limit)
+        thread_keys = [
+            (m.decode() if isinstance(m, bytes) else m).split("|", 1)[1] for m in members
+        ]
+        values = await self._redis.mget([record_key(k) for k in thread_keys]) if thread_keys else []
+        return [ThreadRecord.from_json(v) for v in values if v is not None]
+
+    async def aupdate_thread_record(
+        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+    ) -> ThreadRecord | None:
+        if (record := await self.aget_thread_record(thread_key)) is None:
+            return None
+        changes: dict[str, Any] = {"title": title} if title is not None else {}
+        if metadata is not None:
+            changes["metadata"] = metadata
+        updated = dataclasses.replace(record, **changes)
+        await self._redis.set(record_key(thread_key), updated.to_json())
+        return updated
 
     async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
         value = await self._redis.hget(receipts_key(str(thread_id)), name)
@@ -55,4 +133,8 @@ class RedisSaver(AsyncRedisSaver):
 
     async def adelete_thread(self, thread_id: str) -> None:
         await super().adelete_thread(thread_id)
-        await self._redis.delete(receipts_key(str(thread_id)))
+        record = await self.aget_thread_record(str(thread_id))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(receipts_key(str(thread_id)), record_key(str(thread_id)))
+            self._unlist(pipe, record)
+            await pipe.execute()

@@ -1,50 +1,108 @@
-"""`SqliteSaver`: LangGraph's async SQLite saver, keeping turn receipts beside the checkpoints.
+"""`SqliteSaver`: LangGraph's async SQLite saver, with turn receipts and thread records beside it.
 
-The receipts table and the trigger that fills it live in `sql/sqlite_receipts.sql`: the stock
-`INSERT` of a checkpoint records its receipts in the same statement, so the stock write path
-stays untouched and cannot store one without the other.
+Their tables and the triggers that fill them live in `sql/sqlite_*.sql`: the stock `INSERT` of
+a checkpoint records its receipts and upserts its thread's record in the same statement, so the
+stock write path stays untouched and cannot store one without the other.
 """
 
 from __future__ import annotations
 
+import json
 from importlib import resources
+from typing import Any
 
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from threadline.checkpointers.receipts import Receipt, live
+from threadline.checkpointers.records import ThreadRecord
 
-RECEIPTS_SCHEMA = resources.files(__package__).joinpath("sql/sqlite_receipts.sql").read_text()
+SCHEMA = "\n".join(
+    resources.files(__package__).joinpath(f"sql/{name}").read_text()
+    for name in ("sqlite_receipts.sql", "sqlite_threads.sql")
+)
 SELECT_RECEIPT_SQL = """
 SELECT name, digest, checkpoint_ns, checkpoint_id, expires_at
 FROM threadline_turn_receipts WHERE thread_id = ? AND name = ?
+"""
+RECORD_COLUMNS = (
+    "thread_key, tenant, thread_id, user_id, title, created_at, updated_at, message_count, metadata"
+)
+SELECT_RECORD_SQL = f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE thread_key = ?"
+UPDATE_RECORD_SQL = """
+UPDATE threadline_threads SET title = coalesce(?, title), metadata = coalesce(?, metadata)
+WHERE thread_key = ?
 """
 DELETE_THREAD_SQL = (
     "DELETE FROM checkpoints WHERE thread_id = ?",
     "DELETE FROM writes WHERE thread_id = ?",
     "DELETE FROM threadline_turn_receipts WHERE thread_id = ?",
+    "DELETE FROM threadline_threads WHERE thread_key = ?",
 )
 
 
+def _record(row: Any) -> ThreadRecord:
+    values = dict(zip(RECORD_COLUMNS.split(", "), row, strict=True))
+    return ThreadRecord(**{**values, "metadata": json.loads(values["metadata"])})
+
+
 class SqliteSaver(AsyncSqliteSaver):
-    _receipts_ready = False
+    _tables_ready = False
 
     async def setup(self) -> None:
         await super().setup()
-        if self._receipts_ready:
+        if self._tables_ready:
             return
         async with self.lock:
-            await self.conn.executescript(RECEIPTS_SCHEMA)
+            await self.conn.executescript(SCHEMA)
             await self.conn.commit()
-            self._receipts_ready = True
+            self._tables_ready = True
+
+    async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        await self.setup()
+        async with self.lock, self.conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
 
     async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
+        rows = await self._fetch(SELECT_RECEIPT_SQL, (thread_id, name))
+        return live(Receipt(*rows[0])) if rows else None
+
+    async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
+        rows = await self._fetch(SELECT_RECORD_SQL, (thread_key,))
+        return _record(rows[0]) if rows else None
+
+    async def alist_thread_records(
+        self,
+        tenant: str,
+        user_id: str | None,
+        limit: int,
+        after: tuple[float, str] | None = None,
+    ) -> list[ThreadRecord]:
+        where: list[str] = ["tenant = ?"]
+        params: list[Any] = [tenant]
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if after is not None:
+            where.append("(updated_at, thread_key) < (?, ?)")
+            params.extend(after)
+        sql = (
+            f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE {' AND '.join(where)} "
+            "ORDER BY updated_at DESC, thread_key DESC LIMIT ?"
+        )
+        return [_record(row) for row in await self._fetch(sql, (*params, limit))]
+
+    async def aupdate_thread_record(
+        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+    ) -> ThreadRecord | None:
         await self.setup()
-        async with self.lock, self.conn.execute(SELECT_RECEIPT_SQL, (thread_id, name)) as cur:
-            row = await cur.fetchone()
-        return live(Receipt(*row)) if row else None
+        encoded = json.dumps(metadata) if metadata is not None else None
+        async with self.lock:
+            await self.conn.execute(UPDATE_RECORD_SQL, (title, encoded, thread_key))
+            await self.conn.commit()
+        return await self.aget_thread_record(thread_key)
 
     async def adelete_thread(self, thread_id: str) -> None:
-        """The thread's checkpoints, writes and receipts, in one transaction."""
+        """The thread's checkpoints, writes, receipts and record, in one transaction."""
         await self.setup()
         async with self.lock, self.conn.cursor() as cur:
             for sql in DELETE_THREAD_SQL:

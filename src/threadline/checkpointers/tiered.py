@@ -56,6 +56,7 @@ from threadline.checkpointers.durable import (
 from threadline.checkpointers.hot import HotHistory, HotTier, history_channels
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.receipts import Receipt
+from threadline.checkpointers.records import ThreadRecord
 
 logger = logging.getLogger(__name__)
 
@@ -519,6 +520,23 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
 
     async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
         return await self.durable.aget_receipt(thread_id, name)
+
+    async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
+        return await self.durable.aget_thread_record(thread_key)
+
+    async def alist_thread_records(
+        self,
+        tenant: str,
+        user_id: str | None,
+        limit: int,
+        after: tuple[float, str] | None = None,
+    ) -> list[ThreadRecord]:
+        return await self.durable.alist_thread_records(tenant, user_id, limit, after)
+
+    async def aupdate_thread_record(
+        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+    ) -> ThreadRecord | None:
+        return await self.durable.aupdate_thread_record(thread_key, title=title, metadata=metadata)
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]

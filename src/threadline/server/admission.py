@@ -26,7 +26,16 @@ from threadline.server.idempotency import (
 from threadline.server.limits import Limits, check_turn_input, json_body
 from threadline.server.locks import LockBackendError, ThreadBusyError
 from threadline.server.serving import ServingSlot
-from threadline.server.threads import THREAD_HEADER, scoped_thread_key, validate_thread_id
+from threadline.server.threads import (
+    TENANT_CONFIG_KEY,
+    THREAD_HEADER,
+    USER_CONFIG_KEY,
+    USER_HEADER,
+    one_of,
+    scoped_thread_key,
+    validate_thread_id,
+    validate_user_id,
+)
 
 TURN_ENDPOINTS = frozenset({"invoke", "batch", "stream", "stream_events", "stream_log"})
 STREAM_ENDPOINTS = frozenset({"stream", "stream_events", "stream_log"})
@@ -94,8 +103,7 @@ def requested_thread(config: Any, header: str | None) -> str:
     """The thread a run config names, else the header's; 422 if neither is a valid thread."""
     configurable = config.get("configurable") if isinstance(config, Mapping) else None
     sent = configurable.get("thread_id") if isinstance(configurable, Mapping) else None
-    if sent is None:
-        sent = header
+    sent = one_of("thread_id", sent, header, THREAD_HEADER)
     if sent is None:
         raise HTTPException(
             422,
@@ -161,13 +169,23 @@ def validated_overrides(configurable: Mapping[str, Any], policy: MemoryPolicy) -
         raise HTTPException(422, str(exc)) from None
 
 
+def request_user(request: Request) -> str | None:
+    """The end user a request names in its header, if any (validated)."""
+    user = request.headers.get(USER_HEADER)
+    return validate_user_id(user) if user is not None else None
+
+
 def scoped_run_config(
     config: dict[str, Any], request: Request, thread_id: str, admission: Admission
 ) -> dict[str, Any]:
     """The run config with the tenant-scoped thread and this request's idempotency key."""
     configurable = dict(config.get("configurable") or {})
     validated_overrides(configurable, admission.policy)
-    configurable["thread_id"] = scoped_thread_key(getattr(request.state, "tenant", None), thread_id)
+    tenant = getattr(request.state, "tenant", None)
+    configurable["thread_id"] = scoped_thread_key(tenant, thread_id)
+    user = one_of("user_id", configurable.pop("user_id", None), request_user(request), USER_HEADER)
+    configurable[USER_CONFIG_KEY] = validate_user_id(user) if user is not None else None
+    configurable[TENANT_CONFIG_KEY] = tenant or ""
     configurable.pop(IDEMPOTENCY_CONFIG_KEY, None)
     if key := request.headers.get(IDEMPOTENCY_HEADER):
         configurable[IDEMPOTENCY_CONFIG_KEY] = key

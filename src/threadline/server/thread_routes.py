@@ -1,25 +1,41 @@
-"""The threads API: read a thread, page through its checkpoints, delete it.
+"""The threads API: list a tenant's or a user's threads, read, rename, page through, delete.
 
-Every route scopes the thread by the caller's tenant, so another tenant's thread is simply not
-there (404), the same as a thread that never existed.
+Every route scopes the thread by the caller's tenant, and by the caller's user when the request
+names one (`X-User-Id`), so another tenant's or user's thread is simply not there (404), the
+same as a thread that never existed.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 
+from threadline.checkpointers.records import ThreadRecord
 from threadline.server.admission import Admission, hold_threads
 from threadline.server.auth import require_tenant
+from threadline.server.ownership import check_owner, records_of
 from threadline.server.serving import ServingSlot
-from threadline.server.threads import THREAD_ID_PATTERN, scoped_thread_key
+from threadline.server.threads import (
+    THREAD_ID_PATTERN,
+    USER_HEADER,
+    one_of,
+    scoped_thread_key,
+    validate_user_id,
+)
 from threadline.server.turns import TurnRunner
+
+MAX_TITLE_CHARS = 200
+MAX_METADATA_BYTES = 4096
 
 router = APIRouter(prefix="/threads", tags=["threads"])
 
@@ -35,6 +51,80 @@ ThreadId = Annotated[
 Tenant = Annotated[str | None, Depends(require_tenant)]
 
 
+def request_user(
+    x_user_id: Annotated[
+        str | None, Header(description="The end user; another user's thread is a 404.")
+    ] = None,
+) -> str | None:
+    return validate_user_id(x_user_id) if x_user_id is not None else None
+
+
+User = Annotated[str | None, Depends(request_user)]
+
+
+class RecordOut(BaseModel):
+    """A thread's record: whose it is, what it is called, when it last changed."""
+
+    thread_id: str
+    user_id: str | None
+    title: str
+    created_at: str
+    updated_at: str
+    message_count: int
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: ThreadRecord) -> RecordOut:
+        return cls(
+            thread_id=record.thread_id,
+            user_id=record.user_id,
+            title=record.title,
+            created_at=_iso(record.created_at),
+            updated_at=_iso(record.updated_at),
+            message_count=record.message_count,
+            metadata=record.metadata,
+        )
+
+
+class ThreadListOut(BaseModel):
+    threads: list[RecordOut]
+    next_cursor: str | None
+
+
+class RecordPatch(BaseModel):
+    """What a client may change in a thread's record."""
+
+    model_config = {"extra": "forbid"}
+
+    title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
+    metadata: dict[str, Any] | None = Field(
+        default=None, description=f"A JSON object of at most {MAX_METADATA_BYTES} bytes."
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value).encode()) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
+        return value
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def _encode_cursor(position: tuple[float, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        updated_at, thread_key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(updated_at), str(thread_key)
+    except (ValueError, TypeError, binascii.Error):
+        raise HTTPException(422, "cursor must be a next_cursor this API returned") from None
+
+
 class MessageOut(BaseModel):
     id: str | None
     type: str
@@ -46,6 +136,7 @@ class MessageOut(BaseModel):
 
 class ThreadOut(BaseModel):
     thread_id: str
+    record: RecordOut | None
     checkpoint_id: str
     updated_at: str | None
     messages: list[MessageOut]
@@ -100,16 +191,73 @@ def _config(tenant: str | None, thread_id: str) -> RunnableConfig:
     return {"configurable": {"thread_id": scoped_thread_key(tenant, thread_id)}}
 
 
-@router.get("/{thread_id}", response_model=ThreadOut)
-async def get_thread(thread_id: ThreadId, tenant: Tenant, request: Request) -> ThreadOut:
-    """The thread's transcript, running summary and last budget telemetry."""
+async def _owned_record(
+    runner: TurnRunner, tenant: str | None, user: str | None, thread_id: str
+) -> ThreadRecord | None:
+    """The thread's record; 404 if the request names a user other than its owner."""
+    record = await records_of(runner.graph.checkpointer).aget_thread_record(
+        scoped_thread_key(tenant, thread_id)
+    )
+    check_owner(record, user, thread_id)
+    return record
+
+
+@router.get("", response_model=ThreadListOut)
+async def list_threads(
+    tenant: Tenant,
+    user: User,
+    request: Request,
+    user_id: Annotated[
+        str | None, Query(max_length=128, description="Only this user's threads.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Threads per page.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> ThreadListOut:
+    """The tenant's threads (or one user's), most recently updated first."""
+    named = one_of("user_id", user_id, user, USER_HEADER)
+    owner = validate_user_id(named) if named is not None else None
+    after = _decode_cursor(cursor) if cursor is not None else None
+    records = await records_of(_runner(request).graph.checkpointer).alist_thread_records(
+        tenant or "", owner, limit + 1, after
+    )
+    next_cursor = _encode_cursor(records[limit - 1].position) if len(records) > limit else None
+    return ThreadListOut(
+        threads=[RecordOut.of(r) for r in records[:limit]], next_cursor=next_cursor
+    )
+
+
+@router.patch("/{thread_id}", response_model=RecordOut)
+async def patch_thread(
+    thread_id: ThreadId, patch: RecordPatch, tenant: Tenant, user: User, request: Request
+) -> RecordOut:
+    """Rename the thread or set its metadata (the owner and times are not the client's)."""
     runner = _runner(request)
+    if await _owned_record(runner, tenant, user, thread_id) is None:
+        raise _not_found(thread_id)
+    updated = await records_of(runner.graph.checkpointer).aupdate_thread_record(
+        scoped_thread_key(tenant, thread_id), title=patch.title, metadata=patch.metadata
+    )
+    if updated is None:  # deleted meanwhile
+        raise _not_found(thread_id)
+    return RecordOut.of(updated)
+
+
+@router.get("/{thread_id}", response_model=ThreadOut)
+async def get_thread(
+    thread_id: ThreadId, tenant: Tenant, user: User, request: Request
+) -> ThreadOut:
+    """The thread's record, transcript, running summary and last budget telemetry."""
+    runner = _runner(request)
+    record = await _owned_record(runner, tenant, user, thread_id)
     snapshot = await runner.graph.aget_state(_config(tenant, thread_id))
     if snapshot.created_at is None:
         raise _not_found(thread_id)
     values = snapshot.values
     return ThreadOut(
         thread_id=thread_id,
+        record=RecordOut.of(record) if record else None,
         checkpoint_id=snapshot.config["configurable"]["checkpoint_id"],
         updated_at=snapshot.created_at,
         messages=[_message_out(m) for m in values.get("messages", [])],
@@ -124,6 +272,7 @@ async def get_thread(thread_id: ThreadId, tenant: Tenant, request: Request) -> T
 async def get_history(
     thread_id: ThreadId,
     tenant: Tenant,
+    user: User,
     request: Request,
     limit: Annotated[int, Query(ge=1, le=100, description="Checkpoints per page.")] = 20,
     before: Annotated[
@@ -137,6 +286,7 @@ async def get_history(
 ) -> HistoryOut:
     """The thread's checkpoints, newest first, `limit` at a time (one checkpoint per turn)."""
     runner = _runner(request)
+    await _owned_record(runner, tenant, user, thread_id)
     saver = _saver(runner)
     config = _config(tenant, thread_id)
     cursor: RunnableConfig | None = (
@@ -170,8 +320,11 @@ async def get_history(
 
 
 @router.delete("/{thread_id}", status_code=204, response_class=Response)
-async def delete_thread(thread_id: ThreadId, tenant: Tenant, request: Request) -> Response:
-    """Delete the thread from every tier; a turn in flight on it makes this a 409."""
+async def delete_thread(
+    thread_id: ThreadId, tenant: Tenant, user: User, request: Request
+) -> Response:
+    """Delete the thread (record included) from every tier; a turn in flight makes this a 409."""
+    await _owned_record(_runner(request), tenant, user, thread_id)
     saver = _saver(_runner(request))
     admission: Admission = request.app.state.admission
     key = scoped_thread_key(tenant, thread_id)

@@ -12,10 +12,15 @@ import re
 from fastapi import HTTPException
 
 THREAD_HEADER = "X-Thread-Id"
+USER_HEADER = "X-User-Id"
+# Run-config keys the server sets (LangGraph keeps "__"-prefixed keys out of checkpoint metadata).
+TENANT_CONFIG_KEY = "__threadline_tenant"
+USER_CONFIG_KEY = "__threadline_user_id"
 THREAD_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 TENANT_PATTERN = THREAD_ID_PATTERN
 TENANT_SEPARATOR = "/"
 THREAD_ID_RULE = "thread_id must be 1-128 characters of letters, digits and . _ : @ -"
+USER_ID_RULE = "user_id must be 1-128 characters of letters, digits and . _ : @ -"
 
 
 def validate_thread_id(thread_id: object) -> str:
@@ -23,6 +28,22 @@ def validate_thread_id(thread_id: object) -> str:
     if not isinstance(thread_id, str) or not THREAD_ID_PATTERN.fullmatch(thread_id):
         raise HTTPException(422, THREAD_ID_RULE)
     return thread_id
+
+
+def validate_user_id(user_id: object) -> str:
+    """The user_id itself (same alphabet as thread ids), or a 422."""
+    if not isinstance(user_id, str) or not THREAD_ID_PATTERN.fullmatch(user_id):
+        raise HTTPException(422, USER_ID_RULE)
+    return user_id
+
+
+def one_of(name: str, from_config: object, from_header: str | None, header: str) -> object:
+    """The value a request gives in its config or its header; 422 if the two disagree."""
+    if from_config is not None and from_header is not None and from_config != from_header:
+        raise HTTPException(
+            422, f"config.configurable.{name} and the {header} header name different values"
+        )
+    return from_config if from_config is not None else from_header
 
 
 def scoped_thread_key(tenant: str | None, thread_id: str) -> str:

@@ -23,6 +23,7 @@ from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
 from threadline.server.held import release_turn, running_turn
 from threadline.server.idempotency import previous_result, turn_receipts
+from threadline.server.ownership import check_turn_owner, turn_record
 from threadline.server.staged import StagedSaver
 from threadline.settings import Strategy
 
@@ -34,6 +35,14 @@ TURN_CONFIG_SPECS = [
         annotation=str | None,
         name="Thread",
         description="The conversation; 1-128 characters of letters, digits and . _ : @ -",
+        default=None,
+    ),
+    ConfigurableFieldSpec(
+        id="user_id",
+        annotation=str | None,
+        name="User",
+        description="The end user taking the turn (or the X-User-Id header); a thread's first "
+        "turn makes its user the owner.",
         default=None,
     ),
     ConfigurableFieldSpec(
@@ -86,6 +95,8 @@ class TurnRunner:
         self._turns: set[asyncio.Future[None]] = set()  # streamed turns still running
 
     async def previous(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
+        """The first result of a retried turn (None for a new turn); 404 for a non-owner."""
+        await check_turn_owner(self.graph.checkpointer, config)
         return await previous_result(self.graph, config, input)
 
     def _staged(self, config: RunnableConfig, input: Any) -> tuple[Any, StagedSaver, Any]:
@@ -98,9 +109,13 @@ class TurnRunner:
         return self.graph.copy({"checkpointer": staged}), staged, receipts
 
     @staticmethod
-    async def _commit(staged: StagedSaver, receipts: dict[str, Any]) -> None:
+    async def _commit(
+        staged: StagedSaver, config: RunnableConfig, receipts: dict[str, Any], state: Any
+    ) -> None:
+        """Store the turn, its receipts and its thread's record, in the saver's one write."""
+        final = {**receipts, **turn_record(config, state)}
         with anyio.CancelScope(shield=True):  # a turn that finished is stored, disconnect or not
-            await staged.commit(receipts)
+            await staged.commit(final)
 
     async def invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         if (previous := await self.previous(input, config)) is not None:
@@ -108,7 +123,7 @@ class TurnRunner:
         graph, staged, receipts = self._staged(config, input)
         with graph_errors():
             output = await graph.ainvoke(input, config, durability="exit")
-        await self._commit(staged, receipts)
+        await self._commit(staged, config, receipts, output)
         return dict(output)
 
     async def stream(self, input: Any, config: RunnableConfig, **kwargs: Any) -> AsyncIterator[Any]:
@@ -123,12 +138,26 @@ class TurnRunner:
         graph, staged, receipts = self._staged(config, input)
         chunks: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
+        wanted = kwargs.pop("stream_mode", "values")
+        modes = [wanted] if isinstance(wanted, str) else list(wanted)
+
         async def run() -> None:
+            final: Any = {}
             try:
                 with graph_errors():
-                    async for chunk in graph.astream(input, config, durability="exit", **kwargs):
-                        chunks.put_nowait(("chunk", chunk))
-                await self._commit(staged, receipts)
+                    async for mode, chunk in graph.astream(
+                        input,
+                        config,
+                        durability="exit",
+                        stream_mode=list(dict.fromkeys([*modes, "values"])),
+                        **kwargs,
+                    ):
+                        if mode == "values":  # the state, for the thread's record
+                            final = chunk
+                        if mode in modes:
+                            item = chunk if isinstance(wanted, str) else (mode, chunk)
+                            chunks.put_nowait(("chunk", item))
+                await self._commit(staged, config, receipts, final)
                 chunks.put_nowait(("stored", None))
             except BaseException as exc:
                 chunks.put_nowait(("failed", exc))

@@ -1,0 +1,105 @@
+"""Thread records: who a thread belongs to, what it is called, when it last changed.
+
+A turn's last checkpoint may carry `RECORD_METADATA` (tenant, visible thread id, owner, title,
+message count, time). Every saver threadline opens upserts it into a records store of its own
+in the same write as the checkpoint: created by a thread's first turn, owner and title never
+changed by later turns, deleted with the thread. Records are listed newest first by
+`(updated_at, thread_key)`, a keyset that stays stable while turns land between pages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+RECORD_METADATA = "threadline_thread"
+
+
+@dataclass(frozen=True)
+class ThreadRecord:
+    thread_key: str  # the checkpointer's thread_id (tenant-scoped)
+    tenant: str  # "" in single-tenant mode
+    thread_id: str  # what the client calls it
+    user_id: str | None
+    title: str
+    created_at: float  # Unix seconds
+    updated_at: float
+    message_count: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def position(self) -> tuple[float, str]:
+        """Where the record sorts in a listing (newest first)."""
+        return (self.updated_at, self.thread_key)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ThreadRecord:
+        return cls(**json.loads(text))
+
+
+@runtime_checkable
+class KeepsThreadRecords(Protocol):
+    async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None: ...
+
+    async def alist_thread_records(
+        self,
+        tenant: str,
+        user_id: str | None,
+        limit: int,
+        after: tuple[float, str] | None = None,
+    ) -> list[ThreadRecord]:
+        """Up to `limit` records of `tenant` (and `user_id`), newest first, after `after`."""
+        ...
+
+    async def aupdate_thread_record(
+        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+    ) -> ThreadRecord | None:
+        """Set what the client may change; None if the thread has no record."""
+        ...
+
+
+def record_metadata(record: ThreadRecord) -> dict[str, Any]:
+    """The metadata entry that makes a checkpoint's saver upsert `record`."""
+    return {RECORD_METADATA: asdict(record)}
+
+
+def record_in(metadata: Mapping[str, Any]) -> ThreadRecord | None:
+    """The record a checkpoint with `metadata` asks its saver to upsert."""
+    entry = metadata.get(RECORD_METADATA)
+    return ThreadRecord(**entry) if isinstance(entry, Mapping) else None
+
+
+def merged(old: ThreadRecord | None, new: ThreadRecord) -> ThreadRecord:
+    """What a turn's record upsert leaves: owner, title, creation and metadata stay."""
+    if old is None:
+        return new
+    return ThreadRecord(
+        **{
+            **asdict(old),
+            "updated_at": new.updated_at,
+            "message_count": new.message_count,
+        }
+    )
+
+
+def listed(
+    records: list[ThreadRecord],
+    tenant: str,
+    user_id: str | None,
+    limit: int,
+    after: tuple[float, str] | None,
+) -> list[ThreadRecord]:
+    """The page of `records` a listing returns (for stores without an index)."""
+    chosen = [
+        r
+        for r in records
+        if r.tenant == tenant
+        and (user_id is None or r.user_id == user_id)
+        and (after is None or r.position < after)
+    ]
+    return sorted(chosen, key=lambda r: r.position, reverse=True)[:limit]
