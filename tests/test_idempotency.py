@@ -8,10 +8,7 @@ at the HTTP level.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,40 +16,7 @@ import psycopg
 import pytest
 
 from tests.fixtures.openai_stub import OpenAIStub
-from tests.fixtures.server import asgi_client, settings_for
-
-BACKENDS = ["memory", "sqlite", "postgres", "redis", "tiered"]
-
-
-@pytest.fixture
-def served(
-    openai_stub: OpenAIStub,
-    postgres_db_url: str,
-    redis_url: str,
-    plain_redis_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Any:
-    """`served(backend, **settings)`: the app on that backend, behind an in-process client."""
-    for name, value in openai_stub.env().items():
-        monkeypatch.setenv(name, value)
-    stores = {
-        "memory": {},
-        "sqlite": {"sqlite_path": tmp_path / "threads.sqlite"},
-        "postgres": {"postgres_url": postgres_db_url},
-        "redis": {"redis_url": redis_url},
-        "tiered": {"postgres_url": postgres_db_url, "redis_url": plain_redis_url},
-    }
-
-    @contextlib.asynccontextmanager
-    async def serve(backend: str, **values: Any) -> AsyncIterator[httpx.AsyncClient]:
-        settings = settings_for(
-            model="openai:gpt-4o-mini", checkpointer=backend, **stores[backend], **values
-        )
-        async with asgi_client(settings) as client:
-            yield client
-
-    return serve
+from tests.fixtures.server import BACKENDS
 
 
 def turn(thread_id: str, text: str, message_id: str | None = None) -> dict[str, Any]:
