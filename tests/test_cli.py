@@ -52,11 +52,16 @@ def test_chat_continues_the_thread_across_runs(offline_sqlite: dict[str, str]) -
 
 def test_threads_show_prints_the_transcript(offline_sqlite: dict[str, str]) -> None:
     run_cli("chat", "notes", env=offline_sqlite, stdin="remember the blue door\n")
-    shown = run_cli("threads", "show", "notes", env=offline_sqlite)
+    no_model = {**offline_sqlite, "THREADLINE_MODEL": "openai:gpt-4o-mini"}  # and no API key
+    shown = run_cli("threads", "show", "notes", env=no_model)
     assert shown.returncode == 0, shown.stderr
     assert "remember the blue door" in shown.stdout
     assert "[turn 1]" in shown.stdout
     assert "summary" in shown.stdout
+
+    listed = run_cli("threads", "list", env={**no_model, "COLUMNS": "200"})
+    assert listed.returncode == 0, listed.stderr
+    assert "notes" in listed.stdout and "remember the blue door" in listed.stdout
 
     missing = run_cli("threads", "show", "nobody-here", env=offline_sqlite)
     assert missing.returncode == 1

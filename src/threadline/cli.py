@@ -42,12 +42,15 @@ def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
-def load_settings() -> Settings:
-    """Settings from the environment, checked; a bad one ends the command with one line."""
+def load_settings(*, model: bool = True) -> Settings:
+    """Settings from the environment, checked; a bad one ends the command with one line.
+
+    Commands that only read stored threads pass `model=False`: they run the offline model."""
     try:
-        return Settings.from_env().check()
+        settings = Settings.from_env().check(model=model)
     except SettingsError as exc:
         raise fail(str(exc)) from None
+    return settings if model else settings.model_copy(update={"model": "fake"})
 
 
 def checked_thread_id(thread_id: str) -> str:
@@ -109,9 +112,12 @@ def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to cont
 
     interactive = sys.stdin.isatty()
 
+    from threadline.server.turns import TurnRunner
+
     async def main() -> None:
         async with open_checkpointer(settings) as saver:
             graph = make_graph(saver, settings)
+            runner = TurnRunner(graph)  # as served: stored whole, with the thread's record
             turns = len((await graph.aget_state(config)).values.get("messages", []))
             say(f"thread {thread_id}: {turns} messages so far. Ctrl-D to quit.")
             while True:
@@ -123,7 +129,7 @@ def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to cont
                     continue
                 if line.strip() in ("/quit", "/exit"):
                     break
-                result = await graph.ainvoke({"messages": [HumanMessage(line)]}, config)
+                result = await runner.invoke({"messages": [HumanMessage(line)]}, config)
                 say(f"agent> {_text(result['messages'][-1])}")
 
     run(main)
@@ -132,7 +138,7 @@ def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to cont
 @threads_app.command("show")
 def threads_show(thread_id: Annotated[str, typer.Argument(help="The thread to print.")]) -> None:
     """Print a thread's transcript, running summary and last budget telemetry."""
-    settings = load_settings()
+    settings = load_settings(model=False)
     config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
     from threadline.checkpointers import open_checkpointer
     from threadline.graph import make_graph
@@ -153,6 +159,34 @@ def threads_show(thread_id: Annotated[str, typer.Argument(help="The thread to pr
     say(values.get("summary") or "(none)")
     if telemetry := values.get("telemetry"):
         say(f"telemetry: {telemetry}")
+
+
+@threads_app.command("list")
+def threads_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's threads.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="The tenant (with API keys).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 20,
+) -> None:
+    """List stored threads, most recently updated first."""
+    settings = load_settings(model=False)
+    from datetime import UTC, datetime
+
+    from threadline.checkpointers import open_checkpointer
+    from threadline.checkpointers.records import KeepsThreadRecords, ThreadRecord
+
+    async def main() -> list[ThreadRecord]:
+        async with open_checkpointer(settings) as saver:
+            assert isinstance(saver, KeepsThreadRecords)
+            return await saver.alist_thread_records(tenant or "", user, limit)
+
+    def when(seconds: float) -> str:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    table = Table("thread", "user", "title", "messages", "updated (UTC)", "created (UTC)")
+    for r in run(main):
+        row = (r.thread_id, r.user_id or "", r.title, str(r.message_count))
+        table.add_row(*(Text(cell) for cell in row), when(r.updated_at), when(r.created_at))
+    out.print(table)
 
 
 DEFAULT_SERVICES_DIR = Path(".threadline/services")

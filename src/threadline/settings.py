@@ -103,9 +103,10 @@ class Settings(BaseSettings):
         """The provider's model name (`gpt-4o-mini`), or `fake`."""
         return self.model.removeprefix("openai:")
 
-    def check(self) -> Settings:
-        """Fail fast, with one line, on settings that cannot work at start-up."""
-        if self.model != FAKE_MODEL and not os.environ.get("OPENAI_API_KEY"):
+    def check(self, *, model: bool = True) -> Settings:
+        """Fail fast, with one line, on settings that cannot work at start-up (the model's
+        too unless `model=False`: reading stored threads needs no model)."""
+        if model and self.model != FAKE_MODEL and not os.environ.get("OPENAI_API_KEY"):
             raise SettingsError(
                 f"THREADLINE_MODEL={self.model} needs OPENAI_API_KEY "
                 "(or set THREADLINE_MODEL=fake for the offline model)"
