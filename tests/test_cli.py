@@ -63,6 +63,13 @@ def test_threads_show_prints_the_transcript(offline_sqlite: dict[str, str]) -> N
     assert listed.returncode == 0, listed.stderr
     assert "notes" in listed.stdout and "remember the blue door" in listed.stdout
 
+    exported = run_cli("threads", "export", "notes", "--format", "markdown", env=no_model)
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.startswith("# remember the blue door")
+    assert "**ai**: [turn 1]" in exported.stdout
+    bad_format = run_cli("threads", "export", "notes", "--format", "pdf", env=no_model)
+    assert bad_format.returncode == 2 and "jsonl or markdown" in bad_format.stderr
+
     missing = run_cli("threads", "show", "nobody-here", env=offline_sqlite)
     assert missing.returncode == 1
     assert "no thread 'nobody-here'" in missing.stderr

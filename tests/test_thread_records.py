@@ -6,11 +6,13 @@ stable cursor, changed by PATCH, and gone with the thread; another user's thread
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 import httpx
 import pytest
+from langchain_core.messages import messages_from_dict
 
 from tests.fixtures.openai_stub import OpenAIStub
 from tests.fixtures.server import BACKENDS
@@ -149,3 +151,25 @@ async def test_identity_sources_that_disagree_are_422(served: Any) -> None:
     for response in (users, threads, bad_user, listing, cursor, patch, extra):
         assert response.status_code == 422, response.text
     assert "user_id" in users.json()["detail"] and "thread_id" in threads.json()["detail"]
+
+
+async def test_a_thread_exports_whole_as_jsonl_and_markdown(served: Any) -> None:
+    async with served("postgres") as client:
+        await post_turn(client, "trip", "pack the tent", "ada")
+        await post_turn(client, "trip", "and the stove", "ada")
+        jsonl = await client.get("/threads/trip/export", params={"format": "jsonl"})
+        markdown = await client.get(
+            "/threads/trip/export", params={"format": "markdown"}, headers={"X-User-Id": "ada"}
+        )
+        hidden = await client.get("/threads/trip/export", headers={"X-User-Id": "bob"})
+        bad = await client.get("/threads/trip/export", params={"format": "pdf"})
+    assert jsonl.status_code == markdown.status_code == 200
+    assert jsonl.headers["content-type"].startswith("application/x-ndjson")
+    head, *lines = [json.loads(line) for line in jsonl.text.splitlines()]
+    assert head["record"]["user_id"] == "ada" and head["record"]["title"] == "pack the tent"
+    messages = messages_from_dict(lines)
+    assert [m.type for m in messages] == ["human", "ai", "human", "ai"]
+    assert [m.content for m in messages][::2] == ["pack the tent", "and the stove"]
+    assert markdown.text.startswith("# pack the tent")
+    assert "**human**: and the stove" in markdown.text
+    assert (hidden.status_code, bad.status_code) == (404, 422)

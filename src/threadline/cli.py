@@ -189,6 +189,42 @@ def threads_list(
     out.print(table)
 
 
+@threads_app.command("export")
+def threads_export(
+    thread_id: Annotated[str, typer.Argument(help="The thread to export.")],
+    format: Annotated[str, typer.Option(help="`jsonl` or `markdown`.")] = "jsonl",
+    tenant: Annotated[str | None, typer.Option(help="The tenant (with API keys).")] = None,
+) -> None:
+    """Print a whole thread (record, summary, every message) as JSON Lines or Markdown."""
+    if format not in ("jsonl", "markdown"):
+        raise fail("--format must be jsonl or markdown")
+    settings = load_settings(model=False)
+    from dataclasses import asdict
+
+    from threadline.checkpointers import open_checkpointer
+    from threadline.checkpointers.records import KeepsThreadRecords
+    from threadline.graph import make_graph
+    from threadline.server.export import export_lines
+    from threadline.server.threads import scoped_thread_key
+
+    key = scoped_thread_key(tenant, checked_thread_id(thread_id))
+
+    async def main() -> tuple[Any, dict[str, Any]]:
+        async with open_checkpointer(settings) as saver:
+            assert isinstance(saver, KeepsThreadRecords)
+            record = await saver.aget_thread_record(key)
+            config: Any = {"configurable": {"thread_id": key}}
+            state = await make_graph(saver, settings).aget_state(config)
+            return record, state.values
+
+    record, values = run(main)
+    if not values.get("messages"):
+        raise fail(f"no thread {thread_id!r} in the {settings.checkpointer} store", code=1)
+    shown = asdict(record) if record else {"thread_id": thread_id}
+    for line in export_lines(format, shown, values):  # type: ignore[arg-type]
+        sys.stdout.write(line)
+
+
 DEFAULT_SERVICES_DIR = Path(".threadline/services")
 StateDir = Annotated[Path, typer.Option(help="Where the services keep their state file.")]
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field, field_validator
 from threadline.checkpointers.records import ThreadRecord
 from threadline.server.admission import Admission, hold_threads
 from threadline.server.auth import require_tenant
+from threadline.server.export import MEDIA_TYPES, ExportFormat, export_lines
 from threadline.server.ownership import check_owner, records_of
 from threadline.server.serving import ServingSlot
 from threadline.server.threads import (
@@ -317,6 +319,33 @@ async def get_history(
     ]
     next_before = page[limit - 1].checkpoint["id"] if len(page) > limit else None
     return HistoryOut(thread_id=thread_id, checkpoints=checkpoints, next_before=next_before)
+
+
+@router.get(
+    "/{thread_id}/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}},
+)
+async def export_thread(
+    thread_id: ThreadId,
+    tenant: Tenant,
+    user: User,
+    request: Request,
+    format: Annotated[ExportFormat, Query(description="`jsonl` or `markdown`.")] = "jsonl",
+) -> StreamingResponse:
+    """The whole thread to download: record, running summary and every message."""
+    runner = _runner(request)
+    record = await _owned_record(runner, tenant, user, thread_id)
+    snapshot = await runner.graph.aget_state(_config(tenant, thread_id))
+    if snapshot.created_at is None:
+        raise _not_found(thread_id)
+    shown = RecordOut.of(record).model_dump() if record else {"thread_id": thread_id}
+    extension = "jsonl" if format == "jsonl" else "md"
+    return StreamingResponse(
+        export_lines(format, shown, snapshot.values),
+        media_type=MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="{thread_id}.{extension}"'},
+    )
 
 
 @router.delete("/{thread_id}", status_code=204, response_class=Response)
