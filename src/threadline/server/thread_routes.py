@@ -19,12 +19,13 @@ from fastapi.responses import StreamingResponse
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from threadline.checkpointers.records import ThreadRecord
 from threadline.server.admission import Admission, hold_threads
 from threadline.server.auth import require_tenant
 from threadline.server.export import MEDIA_TYPES, ExportFormat, export_lines
+from threadline.server.limits import json_body
 from threadline.server.ownership import check_owner, records_of
 from threadline.server.serving import ServingSlot
 from threadline.server.threads import (
@@ -230,11 +231,28 @@ async def list_threads(
     )
 
 
-@router.patch("/{thread_id}", response_model=RecordOut)
+@router.patch(
+    "/{thread_id}",
+    response_model=RecordOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RecordPatch.model_json_schema()}},
+        }
+    },
+)
 async def patch_thread(
-    thread_id: ThreadId, patch: RecordPatch, tenant: Tenant, user: User, request: Request
+    thread_id: ThreadId, tenant: Tenant, user: User, request: Request
 ) -> RecordOut:
     """Rename the thread or set its metadata (the owner and times are not the client's)."""
+    # Read like the turn routes: malformed JSON, NUL characters, huge numbers → 422.
+    admission: Admission = request.app.state.admission
+    try:
+        patch = RecordPatch.model_validate(await json_body(request, admission.limits))
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "body"
+        raise HTTPException(422, f"{where}: {problem['msg']}") from None
     runner = _runner(request)
     if await _owned_record(runner, tenant, user, thread_id) is None:
         raise _not_found(thread_id)
