@@ -62,7 +62,7 @@ from threadline.checkpointers.delta import (
 )
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
-from threadline.checkpointers.records import ThreadRecord, record_in
+from threadline.checkpointers.records import RECORD_COLUMNS, ThreadRecord, listing_sql, record_in
 from threadline.checkpointers.serde import (
     UnencryptedDataError,
     ValueSealer,
@@ -134,9 +134,6 @@ ON CONFLICT (thread_id, name) DO NOTHING
 PURGE_EXPIRED_RECEIPTS_SQL = """
 DELETE FROM threadline_turn_receipts WHERE thread_id = %s AND expires_at <= now()
 """
-RECORD_COLUMNS = (
-    "thread_key, tenant, thread_id, user_id, title, created_at, updated_at, message_count, metadata"
-)
 # A turn's record: owner, title, creation and metadata stay as the first turn left them.
 UPSERT_RECORD_SQL = f"""
 INSERT INTO threadline_threads ({RECORD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
@@ -306,20 +303,9 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         limit: int,
         after: tuple[float, str] | None = None,
     ) -> list[ThreadRecord]:
-        where: list[str] = ["tenant = %s"]
-        params: list[Any] = [tenant]
-        if user_id is not None:
-            where.append("user_id = %s")
-            params.append(user_id)
-        if after is not None:
-            where.append("(updated_at, thread_key) < (%s, %s)")
-            params.extend(after)
-        sql = (
-            f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE {' AND '.join(where)} "
-            "ORDER BY updated_at DESC, thread_key DESC LIMIT %s"
-        )
+        sql, params = listing_sql("%s", tenant, user_id, limit, after)
         async with self._cursor() as cur:
-            await cur.execute(sql, (*params, limit))
+            await cur.execute(sql, params)
             return [ThreadRecord(**row) for row in await cur.fetchall()]
 
     async def aupdate_thread_record(

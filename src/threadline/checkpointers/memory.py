@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -10,7 +9,7 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.memory import InMemorySaver
 
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
-from threadline.checkpointers.records import ThreadRecord, listed, merged, record_in
+from threadline.checkpointers.records import ThreadRecord, listed, merged, patched, record_in
 
 
 class MemorySaver(InMemorySaver):
@@ -66,8 +65,5 @@ class MemorySaver(InMemorySaver):
     ) -> ThreadRecord | None:
         if (record := self.records.get(thread_key)) is None:
             return None
-        changes: dict[str, Any] = {"title": title} if title is not None else {}
-        if metadata is not None:
-            changes["metadata"] = metadata
-        self.records[thread_key] = dataclasses.replace(record, **changes)
+        self.records[thread_key] = patched(record, title, metadata)
         return self.records[thread_key]

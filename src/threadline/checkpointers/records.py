@@ -9,12 +9,16 @@ changed by later turns, deleted with the thread. Records are listed newest first
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 RECORD_METADATA = "threadline_thread"
+RECORD_COLUMNS = (
+    "thread_key, tenant, thread_id, user_id, title, created_at, updated_at, message_count, metadata"
+)
 
 
 @dataclass(frozen=True)
@@ -103,3 +107,36 @@ def listed(
         and (after is None or r.position < after)
     ]
     return sorted(chosen, key=lambda r: r.position, reverse=True)[:limit]
+
+
+def patched(
+    record: ThreadRecord, title: str | None, metadata: dict[str, Any] | None
+) -> ThreadRecord:
+    """`record` with what a client set (None leaves a field as it is)."""
+    changes: dict[str, Any] = {"title": title} if title is not None else {}
+    if metadata is not None:
+        changes["metadata"] = metadata
+    return dataclasses.replace(record, **changes)
+
+
+def listing_sql(
+    placeholder: str,
+    tenant: str,
+    user_id: str | None,
+    limit: int,
+    after: tuple[float, str] | None,
+) -> tuple[str, list[Any]]:
+    """The keyset query of one page of records, for SQL stores (`%s` or `?` placeholders)."""
+    where = [f"tenant = {placeholder}"]
+    params: list[Any] = [tenant]
+    if user_id is not None:
+        where.append(f"user_id = {placeholder}")
+        params.append(user_id)
+    if after is not None:
+        where.append(f"(updated_at, thread_key) < ({placeholder}, {placeholder})")
+        params.extend(after)
+    sql = (
+        f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE {' AND '.join(where)} "
+        f"ORDER BY updated_at DESC, thread_key DESC LIMIT {placeholder}"
+    )
+    return sql, [*params, limit]

@@ -11,7 +11,6 @@ stored turn without them (a retry carrying a message id is still recognised by t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
-from threadline.checkpointers.records import ThreadRecord, merged, record_in
+from threadline.checkpointers.records import ThreadRecord, merged, patched, record_in
 
 NEWEST_FIRST_BASE = 10**17  # above any Unix time in microseconds
 
@@ -117,10 +116,7 @@ class RedisSaver(AsyncRedisSaver):
     ) -> ThreadRecord | None:
         if (record := await self.aget_thread_record(thread_key)) is None:
             return None
-        changes: dict[str, Any] = {"title": title} if title is not None else {}
-        if metadata is not None:
-            changes["metadata"] = metadata
-        updated = dataclasses.replace(record, **changes)
+        updated = patched(record, title, metadata)
         await self._redis.set(record_key(thread_key), updated.to_json())
         return updated
 

@@ -14,7 +14,7 @@ from typing import Any
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from threadline.checkpointers.receipts import Receipt, live
-from threadline.checkpointers.records import ThreadRecord
+from threadline.checkpointers.records import RECORD_COLUMNS, ThreadRecord, listing_sql
 
 SCHEMA = "\n".join(
     resources.files(__package__).joinpath(f"sql/{name}").read_text()
@@ -24,9 +24,6 @@ SELECT_RECEIPT_SQL = """
 SELECT name, digest, checkpoint_ns, checkpoint_id, expires_at
 FROM threadline_turn_receipts WHERE thread_id = ? AND name = ?
 """
-RECORD_COLUMNS = (
-    "thread_key, tenant, thread_id, user_id, title, created_at, updated_at, message_count, metadata"
-)
 SELECT_RECORD_SQL = f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE thread_key = ?"
 UPDATE_RECORD_SQL = """
 UPDATE threadline_threads SET title = coalesce(?, title), metadata = coalesce(?, metadata)
@@ -77,19 +74,8 @@ class SqliteSaver(AsyncSqliteSaver):
         limit: int,
         after: tuple[float, str] | None = None,
     ) -> list[ThreadRecord]:
-        where: list[str] = ["tenant = ?"]
-        params: list[Any] = [tenant]
-        if user_id is not None:
-            where.append("user_id = ?")
-            params.append(user_id)
-        if after is not None:
-            where.append("(updated_at, thread_key) < (?, ?)")
-            params.extend(after)
-        sql = (
-            f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE {' AND '.join(where)} "
-            "ORDER BY updated_at DESC, thread_key DESC LIMIT ?"
-        )
-        return [_record(row) for row in await self._fetch(sql, (*params, limit))]
+        sql, params = listing_sql("?", tenant, user_id, limit, after)
+        return [_record(row) for row in await self._fetch(sql, tuple(params))]
 
     async def aupdate_thread_record(
         self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
