@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from threadline.graph.prompts import SUMMARY_HEADER, SUMMARY_INSTRUCTIONS
 from threadline.settings import FAKE_MODEL, Settings
@@ -17,6 +23,7 @@ from threadline.settings import FAKE_MODEL, Settings
 _FOLDED_COUNT = re.compile(r"^- Turns folded: (\d+)$", re.MULTILINE)
 _FIRST_FOLDED = re.compile(r"^- Turn 1: the user said (.*)$", re.MULTILINE)
 _NEW_TURN_LINE = re.compile(r"^User: (.*)$", re.MULTILINE)
+_WORDS = re.compile(r"\s*\S+")
 
 
 class OfflineChatModel(BaseChatModel):
@@ -42,11 +49,26 @@ class OfflineChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(self._text(messages)))])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """Word by word, so streaming is visible (and testable) offline too."""
+        for word in _WORDS.findall(self._text(messages)):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=word))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(word, chunk=chunk)
+            yield chunk
+
+    def _text(self, messages: list[BaseMessage]) -> str:
         if messages and str(messages[0].content).startswith(SUMMARY_INSTRUCTIONS[:60]):
-            text = self._summarise(messages)
-        else:
-            text = self._reply(messages)
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
+            return self._summarise(messages)
+        return self._reply(messages)
 
     @staticmethod
     def _summarise(messages: list[BaseMessage]) -> str:

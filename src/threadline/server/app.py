@@ -25,6 +25,7 @@ from threadline.server.chat import (
     ChatThreadCookie,
     admit_chat_turn,
     chat_config,
+    playground_router,
 )
 from threadline.server.connections import BodyDeadline
 from threadline.server.docs import add_protected_docs
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.include_router(threads_router)
+    app.include_router(playground_router(lambda: serving.current.runner))
     add_routes(
         app,
         agent,
@@ -154,12 +156,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         config_keys=["configurable"],
         per_req_config_modifier=chat_config,
         dependencies=[Depends(admit_chat_turn)],
-        playground_type="chat",
         enabled_endpoints=[
             "invoke",
             "stream",
             "stream_log",
-            "playground",
             "input_schema",
             "output_schema",
             "config_schema",

@@ -1,9 +1,10 @@
 """The chat playground at /chat: a person in a browser talking to one server-side thread.
 
-LangServe's chat playground sends `config: {}` and re-sends the whole visible conversation on
-every turn. So the thread comes from a cookie this server sets per visitor (scoped by tenant
-when auth is on, via HTTP Basic so the browser can log in), and only the trailing human message
-reaches the checkpointed graph; the reply streams back as text.
+The page (`playground/`, served at /chat/playground/) shows the visitor's history from
+/chat/history and streams each reply from LangServe's /chat/stream. The thread comes from a
+cookie this server sets per visitor (scoped by tenant when auth is on, via HTTP Basic so the
+browser can log in); a client that re-sends the whole conversation is fine too: only the
+trailing human message reaches the checkpointed graph, and the reply streams back as text.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Callable
 from http.cookies import CookieError, SimpleCookie
+from importlib import resources
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import RedirectResponse
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from pydantic import BaseModel, Field
@@ -158,3 +161,54 @@ class ChatAgent:
         async for message, metadata in runner.stream(turn, config, stream_mode="messages"):
             if metadata.get("langgraph_node") == "model" and (text := reply_text(message)):
                 yield text
+
+
+PLAYGROUND_FILES = {
+    "": ("index.html", "text/html; charset=utf-8"),
+    "playground.js": ("playground.js", "text/javascript; charset=utf-8"),
+    "playground.css": ("playground.css", "text/css; charset=utf-8"),
+}
+
+
+class ChatMessageOut(BaseModel):
+    type: str
+    content: str
+
+
+class ChatHistoryOut(BaseModel):
+    thread_id: str
+    messages: list[ChatMessageOut]
+
+
+def playground_router(runner: Callable[[], TurnRunner]) -> APIRouter:
+    """The page at /chat/playground/ and the visitor's history it shows on load."""
+    router = APIRouter(prefix=CHAT_PATH, tags=["chat"])
+
+    @router.get("/playground", include_in_schema=False)
+    async def playground_root() -> RedirectResponse:
+        return RedirectResponse(f"{CHAT_PATH}/playground/")
+
+    @router.get("/playground/{name:path}", include_in_schema=False)
+    async def playground_file(name: str, request: Request) -> Response:
+        authenticate(request, browser=True)
+        if name not in PLAYGROUND_FILES:
+            raise HTTPException(404, f"no playground file {name!r}")
+        file, media_type = PLAYGROUND_FILES[name]
+        body = resources.files(__package__).joinpath(f"playground/{file}").read_bytes()
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    @router.get("/history", response_model=ChatHistoryOut)
+    async def chat_history(request: Request) -> ChatHistoryOut:
+        """The visitor's conversation (the thread under their cookie), oldest first."""
+        tenant = authenticate(request, browser=True)
+        thread = chat_thread(request)
+        config: RunnableConfig = {"configurable": {"thread_id": scoped_thread_key(tenant, thread)}}
+        state = await runner().graph.aget_state(config)
+        shown = [
+            ChatMessageOut(type=m.type, content=m.text)
+            for m in state.values.get("messages", [])
+            if m.type in ("human", "ai") and m.text
+        ]
+        return ChatHistoryOut(thread_id=thread, messages=shown)
+
+    return router
