@@ -14,7 +14,7 @@ import pytest
 
 from tests.fixtures.server import live_server, settings_for
 
-TURNS_BEFORE = 120  # a long thread: its stream_events output is far beyond the socket buffers
+TURNS_BEFORE = 160  # a long thread: its stream_events output is far beyond the socket buffers
 
 
 def turn(text: str, thread_id: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.fixtures.openai_stub import OpenAIStub
-from tests.fixtures.server import asgi_client, settings_for
+from tests.fixtures.server import asgi_client, settings_for, turn_result
 
 
 @pytest.fixture
@@ -58,13 +58,13 @@ async def test_a_retried_idempotency_key_returns_the_first_result(
     first = await client.post("/agent/invoke", json=turn("book a table"), headers=key)
     retried = await client.post("/agent/invoke", json=turn("book a table"), headers=key)
     assert first.status_code == retried.status_code == 200
-    assert retried.json()["output"] == first.json()["output"]
+    assert turn_result(retried) == turn_result(first)
     assert len(openai_stub.completions) == 1
     assert await transcript(client) == ["book a table", "echo: book a table"]
 
     await client.post("/agent/invoke", json=turn("and a taxi"))
     late_retry = await client.post("/agent/invoke", json=turn("book a table"), headers=key)
-    assert late_retry.json()["output"] == first.json()["output"]
+    assert turn_result(late_retry) == turn_result(first)
     assert len(openai_stub.completions) == 2
     streamed = await client.post("/agent/stream", json=turn("book a table"), headers=key)
     assert "echo: book a table" in streamed.text and "taxi" not in streamed.text
@@ -83,7 +83,7 @@ async def test_a_retry_many_turns_later_still_returns_the_first_result(
     calls = len(openai_stub.completions)
     late = await client.post("/agent/invoke", json=turn("the first one"), headers=key)
     assert late.status_code == 200
-    assert late.json()["output"] == first.json()["output"]
+    assert turn_result(late) == turn_result(first)
     assert len(openai_stub.completions) == calls
     assert (await transcript(client)).count("the first one") == 1
 
@@ -105,7 +105,7 @@ async def test_a_resent_message_id_is_not_added_twice(
 ) -> None:
     first = await client.post("/agent/invoke", json=turn("hello", message_id="msg-1"))
     again = await client.post("/agent/invoke", json=turn("hello", message_id="msg-1"))
-    assert again.json()["output"] == first.json()["output"]
+    assert turn_result(again) == turn_result(first)
     assert len(openai_stub.completions) == 1
     await client.post("/agent/invoke", json=turn("next", message_id="msg-2"))
     assert await transcript(client) == ["hello", "echo: hello", "next", "echo: next"]

@@ -3,7 +3,8 @@
 FastAPI documents 422 as a list of field errors, but threadline's own checks answer
 `{"detail": "<message>"}`; and the errors every route can give (401 with API keys, 503 when a
 store is down, 404 for a thread that does not exist, 409/413 on turns, 408 for a late body)
-are not in FastAPI's generated document. Both are added here, once, for every route.
+are not in FastAPI's generated document, nor is the 400 the HTTP server itself gives a request
+it cannot parse. They are added here, once, for every route.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ TURN_ERRORS = {
     "413": "Too many or too large messages",
 }
 KEY_ERRORS = {"401": "Missing or unknown API key"}
+# Answered by the HTTP server itself (a header it cannot parse), before any route runs.
+MALFORMED_REQUEST = {
+    "description": "A malformed HTTP request, refused by the HTTP server",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
 THREAD_ERRORS = {"404": "No such thread (or another tenant's)"}
 
 
@@ -56,6 +62,7 @@ def documented_openapi(app: FastAPI, *, keys: bool) -> dict[str, Any]:
             if path.startswith("/threads/{thread_id}"):
                 errors.update(THREAD_ERRORS)
             responses = operation.setdefault("responses", {})
+            responses.setdefault("400", MALFORMED_REQUEST)
             for status, description in errors.items():
                 responses.setdefault(
                     status,

@@ -9,17 +9,47 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import HTTPException
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from pydantic import BaseModel
 
 from threadline.checkpointers.records import KeepsThreadRecords, ThreadRecord, record_metadata
 from threadline.server.threads import TENANT_CONFIG_KEY, USER_CONFIG_KEY, visible_thread_id
 
 TITLE_CHARS = 80
+
+
+class RecordOut(BaseModel):
+    """A thread's record: whose it is, what it is called, when it last changed."""
+
+    thread_id: str
+    user_id: str | None
+    title: str
+    created_at: str
+    updated_at: str
+    message_count: int
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: ThreadRecord) -> RecordOut:
+        return cls(
+            thread_id=record.thread_id,
+            user_id=record.user_id,
+            title=record.title,
+            created_at=_iso(record.created_at),
+            updated_at=_iso(record.updated_at),
+            message_count=record.message_count,
+            metadata=record.metadata,
+        )
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
 def title_of(messages: Sequence[Any]) -> str:

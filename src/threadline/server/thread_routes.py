@@ -11,7 +11,6 @@ import base64
 import binascii
 import json
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
@@ -26,7 +25,7 @@ from threadline.server.admission import Admission, hold_threads
 from threadline.server.auth import require_tenant
 from threadline.server.export import MEDIA_TYPES, ExportFormat, export_lines
 from threadline.server.limits import json_body
-from threadline.server.ownership import check_owner, records_of
+from threadline.server.ownership import RecordOut, check_owner, records_of
 from threadline.server.serving import ServingSlot
 from threadline.server.threads import (
     THREAD_ID_PATTERN,
@@ -65,30 +64,6 @@ def request_user(
 User = Annotated[str | None, Depends(request_user)]
 
 
-class RecordOut(BaseModel):
-    """A thread's record: whose it is, what it is called, when it last changed."""
-
-    thread_id: str
-    user_id: str | None
-    title: str
-    created_at: str
-    updated_at: str
-    message_count: int
-    metadata: dict[str, Any]
-
-    @classmethod
-    def of(cls, record: ThreadRecord) -> RecordOut:
-        return cls(
-            thread_id=record.thread_id,
-            user_id=record.user_id,
-            title=record.title,
-            created_at=_iso(record.created_at),
-            updated_at=_iso(record.updated_at),
-            message_count=record.message_count,
-            metadata=record.metadata,
-        )
-
-
 class ThreadListOut(BaseModel):
     threads: list[RecordOut]
     next_cursor: str | None
@@ -110,10 +85,6 @@ class RecordPatch(BaseModel):
         if value is not None and len(json.dumps(value).encode()) > MAX_METADATA_BYTES:
             raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
         return value
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
 def _encode_cursor(position: tuple[float, str]) -> str:

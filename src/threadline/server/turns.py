@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 
 import anyio
 from fastapi import HTTPException
+from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.utils import ConfigurableFieldSpec
 from langgraph.graph.state import CompiledStateGraph
@@ -23,7 +24,8 @@ from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
 from threadline.server.held import release_turn, running_turn
 from threadline.server.idempotency import previous_result, turn_receipts
-from threadline.server.ownership import check_turn_owner, turn_record
+from threadline.server.ownership import RecordOut, check_turn_owner, records_of, turn_record
+from threadline.server.responses import ReplyChunk, TurnOutput, TurnOutputSchema, turn_output
 from threadline.server.staged import StagedSaver
 from threadline.settings import Strategy
 
@@ -186,10 +188,12 @@ class TurnRunner:
 
 
 class ServedAgent(Runnable[dict[str, Any], dict[str, Any]]):
-    """The agent as LangServe serves it at /agent: same input and output as the graph.
+    """The agent as LangServe serves it at /agent: the graph's input, a turn-sized output.
 
-    `stream` yields the thread's state after each step (LangGraph's "values" mode), so its last
-    chunk is what `invoke` returns, for a new turn and a replayed one alike.
+    `invoke` answers with what the turn added (`responses.TurnOutput`), so a response does not
+    grow with the thread. `stream` yields the reply as the model produces it (`ReplyChunk`s:
+    tokens), then, once the turn is stored, the same `TurnOutput` as `invoke`; a replayed turn
+    streams only that last chunk.
     """
 
     name = "threadline"
@@ -206,13 +210,13 @@ class ServedAgent(Runnable[dict[str, Any], dict[str, Any]]):
 
     @property
     def OutputType(self) -> Any:
-        return self._graph.OutputType
+        return TurnOutput
 
     def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
         return self._graph.get_input_schema(config)
 
     def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
-        return self._graph.get_output_schema(config)
+        return TurnOutputSchema
 
     @property
     def config_specs(self) -> list[ConfigurableFieldSpec]:
@@ -228,8 +232,15 @@ class ServedAgent(Runnable[dict[str, Any], dict[str, Any]]):
     ) -> dict[str, Any]:
         return await self._acall_with_config(self._invoke_turn, input, config)  # type: ignore[arg-type]
 
+    async def _output(self, state: Any, input: Any, config: RunnableConfig) -> dict[str, Any]:
+        saver = self._runner().graph.checkpointer
+        record = await records_of(saver).aget_thread_record(config["configurable"]["thread_id"])
+        return dict(turn_output(state, input, RecordOut.of(record) if record else None))
+
     async def _invoke_turn(self, input: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
-        return await self._runner().invoke(input, config)
+        sent = _sent(input)
+        state = await self._runner().invoke(input, config)
+        return await self._output(state, sent, config)
 
     async def astream(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
@@ -249,8 +260,22 @@ class ServedAgent(Runnable[dict[str, Any], dict[str, Any]]):
     ) -> AsyncIterator[dict[str, Any]]:
         runner = self._runner()
         input = [item async for item in inputs][-1]
+        sent = _sent(input)
         if (previous := await runner.previous(input, config)) is not None:
-            yield previous
+            yield await self._output(previous, sent, config)
             return
-        async for chunk in runner.stream(input, config, stream_mode="values"):
-            yield chunk
+        state: Any = {}
+        async for mode, chunk in runner.stream(input, config, stream_mode=["messages", "values"]):
+            if mode == "values":
+                state = chunk
+                continue
+            message, metadata = chunk
+            if metadata.get("langgraph_node") == "model" and isinstance(message, AIMessageChunk):
+                yield dict(ReplyChunk(messages=[message]))
+        yield await self._output(state, sent, config)
+
+
+def _sent(input: Any) -> dict[str, Any]:
+    """The input's messages as sent (the graph gives id-less ones ids in place)."""
+    messages = input.get("messages") if isinstance(input, dict) else None
+    return {"messages": [m.model_copy() if isinstance(m, BaseModel) else m for m in messages or []]}
