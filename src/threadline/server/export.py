@@ -21,27 +21,30 @@ def export_lines(
     format: ExportFormat, record: Mapping[str, Any] | None, values: Mapping[str, Any]
 ) -> Iterator[str]:
     """The export, line by line (each ends with a newline)."""
+    return (_jsonl if format == "jsonl" else _markdown)(record, values)
+
+
+def _jsonl(record: Mapping[str, Any] | None, values: Mapping[str, Any]) -> Iterator[str]:
+    head = {
+        "record": dict(record) if record else None,
+        "summary": values.get("summary") or "",
+        "summarized_count": values.get("summarized_count") or 0,
+    }
+    yield json.dumps(head, ensure_ascii=False) + "\n"
+    for message in values.get("messages") or []:
+        yield json.dumps(message_to_dict(message), ensure_ascii=False, default=str) + "\n"
+
+
+def _markdown(record: Mapping[str, Any] | None, values: Mapping[str, Any]) -> Iterator[str]:
+    shown = dict(record or {})
+    yield f"# {shown.get('title') or shown.get('thread_id') or 'Conversation'}\n\n"
+    for name in ("thread_id", "user_id", "created_at", "updated_at", "message_count"):
+        if name in shown:
+            yield f"- {name}: {shown[name]}\n"
+    if summary := values.get("summary"):
+        yield f"\n## Summary of the first {values.get('summarized_count') or 0} messages\n\n"
+        yield f"{summary}\n"
+    yield "\n## Transcript\n\n"
     messages: Sequence[BaseMessage] = values.get("messages") or []
-    summary = values.get("summary") or ""
-    if format == "jsonl":
-        head = {
-            "record": dict(record) if record else None,
-            "summary": summary,
-            "summarized_count": values.get("summarized_count") or 0,
-        }
-        yield json.dumps(head, ensure_ascii=False) + "\n"
-        for message in messages:
-            yield json.dumps(message_to_dict(message), ensure_ascii=False, default=str) + "\n"
-        return
-    title = (record or {}).get("title") or (record or {}).get("thread_id") or "Conversation"
-    yield f"# {title}\n\n"
-    if record:
-        for name in ("thread_id", "user_id", "created_at", "updated_at", "message_count"):
-            yield f"- {name}: {record.get(name)}\n"
-        yield "\n"
-    if summary:
-        yield f"## Summary of the first {values.get('summarized_count') or 0} messages\n\n"
-        yield f"{summary}\n\n"
-    yield "## Transcript\n\n"
     for message in messages:
         yield f"**{message.type}**: {message.text}\n\n"
