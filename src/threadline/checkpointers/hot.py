@@ -35,6 +35,25 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from threadline.checkpointers.durable import CheckpointRecord, PreparedCheckpoint, PreparedWrites
+from threadline.checkpointers.hot_protocol import (
+    HISTORY_PREFIX,
+    PARENT_FIELD,
+    WRITE_PREFIX,
+    ScriptCall,
+    Scripts,
+    commit_call,
+    decoded_delta_field,
+    delta_prefix,
+    history_field,
+    install_call,
+    invalidate_call,
+    read_call,
+    seed_field,
+    since_field,
+    value_field,
+    write_field,
+    writes_call,
+)
 from threadline.compat import DeltaSnapshot
 
 ABSENT_GEN = "0"
@@ -42,240 +61,6 @@ ABSENT_GEN = "0"
 COMPRESS_FROM_BYTES = 16 * 1024
 # A staged change whose commit never came (its writer died) stops blocking reads after this.
 ABANDONED_SECONDS = 60
-
-# Every script first applies the commits it carries (ARGV[n] = count, then the tokens).
-_COMMITS = """
-local function commit(k, at)
-  local n = tonumber(ARGV[at])
-  for i = at + 1, at + n do redis.call('HDEL', k, 'p:' .. ARGV[i]) end
-  return at + n + 1
-end
-"""
-
-# Field names: 'w:<task>\0<idx>\0<channel>' pending writes of the entry's checkpoint,
-# 'e:<checkpoint>\0<task>\0...' writes that arrived before their checkpoint's install;
-# per delta channel, 'h:' the checkpoint whose history the entry holds, 's:' that history's
-# seed, 'd:<channel>\0<checkpoint>\0...' its writes, 'k:<channel>\0<checkpoint>' the
-# checkpoints it spans, and 'n:' the checkpoint that stores the channel's value itself;
-# 'up' is the parent of the entry's checkpoint.
-_CHANNELS = """
-local HISTORY = {['h:'] = true, ['s:'] = true, ['d:'] = true, ['k:'] = true, ['n:'] = true}
-local function channel_set(at)
-  local set = {}
-  local n = tonumber(ARGV[at])
-  for i = at + 1, at + n do set[ARGV[i]] = true end
-  return set, at + n + 1
-end
-local function write_channel(f)
-  local a = string.find(f, '\\0', 3, true)
-  local b = a and string.find(f, '\\0', a + 1, true)
-  return b and string.sub(f, b + 1)
-end
-local function history_channel(f)
-  local a = string.find(f, '\\0', 3, true)
-  return string.sub(f, 3, a and a - 1)
-end
-local function delta_checkpoint(f)
-  local a = string.find(f, '\\0', 3, true)
-  local b = string.find(f, '\\0', a + 1, true)
-  return string.sub(f, a + 1, b - 1)
-end
-"""
-
-_INSTALL = (
-    _COMMITS
-    + _CHANNELS
-    + """
--- ARGV: ttl, ns, id, parent ('' = full), expected gen ('' = any), head, token, commits...,
---       history channels..., snapshot channels..., then field/value pairs
-local k = KEYS[1]
-local at = commit(k, 8)
-local hist, snaps
-hist, at = channel_set(at)
-snaps, at = channel_set(at)
-local id = ARGV[3]
-local floor = redis.call('HGET', k, 'floor')
-if floor and id < floor then return 0 end
-if ARGV[5] ~= '' and ARGV[5] ~= (redis.call('HGET', k, 'gen') or '0') then return 0 end
-local cur = redis.call('HGET', k, 'id')
-local partial = ARGV[4] ~= ''
-if partial and cur ~= ARGV[4] and cur ~= id then return -1 end
-local advancing = partial and cur ~= id
--- A history channel's history follows from the parent's: seeded from the parent's value
--- ('seed') or extended by the parent's writes ('extend'); otherwise it is unknown here.
-local mode = {}
-if advancing then
-  for ch in pairs(hist) do
-    if redis.call('HGET', k, 'n:' .. ch) == cur then mode[ch] = 'seed'
-    elseif redis.call('HGET', k, 'h:' .. ch) == cur then mode[ch] = 'extend' end
-  end
-end
-local stale = {}
-local early = {}
-for _, f in ipairs(redis.call('HKEYS', k)) do
-  local p = string.sub(f, 1, 2)
-  if p == 'w:' and cur ~= id then
-    local ch = write_channel(f)
-    if advancing and ch and mode[ch] then
-      redis.call('HSET', k, 'd:' .. ch .. '\\0' .. cur .. '\\0' .. string.sub(f, 3),
-        redis.call('HGET', k, f))
-    end
-    stale[#stale + 1] = f
-  elseif (p == 'p:' and cur ~= id) or (p == 'c:' and not partial) then
-    stale[#stale + 1] = f
-  elseif p == 'e:' then
-    local a = string.find(f, '\\0', 3, true)
-    local target = string.sub(f, 3, a - 1)
-    if target == id then early[#early + 1] = f end
-    if target <= id then stale[#stale + 1] = f end
-  elseif HISTORY[p] and not (partial and cur == id) and mode[history_channel(f)] ~= 'extend' then
-    stale[#stale + 1] = f
-  end
-end
-for i, f in ipairs(early) do
-  local a = string.find(f, '\\0', 3, true)
-  early[i] = {'w:' .. string.sub(f, a + 1), redis.call('HGET', k, f)}
-end
-if #stale > 0 then redis.call('HDEL', k, unpack(stale)) end
-for _, w in ipairs(early) do redis.call('HSET', k, w[1], w[2]) end
-for ch, m in pairs(mode) do
-  local seed = m == 'seed' and redis.call('HGET', k, 'c:' .. ch)
-  if seed then
-    redis.call('HSET', k, 's:' .. ch, seed, 'h:' .. ch, id)
-  elseif m == 'extend' then
-    redis.call('HSET', k, 'k:' .. ch .. '\\0' .. cur, '', 'h:' .. ch, id)
-  end
-end
-for ch in pairs(snaps) do redis.call('HSET', k, 'n:' .. ch, id) end
-redis.call('HSET', k, 'id', id, 'floor', id, 'cp', ARGV[6])
-if ARGV[7] ~= '' then
-  redis.call('HSET', k, 'p:' .. ARGV[7], id .. '|' .. redis.call('TIME')[1])
-end
-if #ARGV >= at then redis.call('HSET', k, unpack(ARGV, at)) end
-redis.call('PEXPIRE', k, ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return 1
-"""
-)
-
-_WRITES = (
-    _COMMITS
-    + _CHANNELS
-    + """
--- ARGV: ttl, id, upsert, token, commits..., then field/value pairs
-local k = KEYS[1]
-local first = commit(k, 5)
-local cur = redis.call('HGET', k, 'id')
-local set = ARGV[3] == '1' and 'HSET' or 'HSETNX'
-if cur and cur > ARGV[2] then
-  -- Late writes to an older checkpoint. Those to the entry's parent join the histories
-  -- built from it; any other history built without them is incomplete.
-  local to_parent = redis.call('HGET', k, 'up') == ARGV[2]
-  for i = first, #ARGV, 2 do
-    local ch = write_channel(ARGV[i])
-    if ch and to_parent and redis.call('HGET', k, 'h:' .. ch) == cur then
-      redis.call(set, k, 'd:' .. ch .. '\\0' .. ARGV[2] .. '\\0' .. string.sub(ARGV[i], 3),
-        ARGV[i + 1])
-    elseif ch then
-      redis.call('HDEL', k, 'h:' .. ch)
-    end
-  end
-  return 0
-end
-redis.call('HSET', k, 'p:' .. ARGV[4], ARGV[2] .. '|' .. redis.call('TIME')[1])
-if cur ~= ARGV[2] then
-  -- Early writes: their checkpoint's install is still on its way; it adopts them.
-  for i = first, #ARGV, 2 do
-    redis.call(set, k, 'e:' .. ARGV[2] .. '\\0' .. string.sub(ARGV[i], 3), ARGV[i + 1])
-  end
-else
-  for i = first, #ARGV, 2 do redis.call(set, k, ARGV[i], ARGV[i + 1]) end
-end
-redis.call('PEXPIRE', k, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return 1
-"""
-)
-
-_READ = (
-    _COMMITS
-    + _CHANNELS
-    + """
--- ARGV: ttl, abandoned after (s), commits..., then (channel, known checkpoint id) pairs: the
---       caller holds that checkpoint's history of the channel, so only what follows it is sent.
--- Returns {state, fields}: state 0 = readable, 1 = staged change pending, 2 = only
--- abandoned staged changes. Fields 'i:<channel>' name the checkpoint a history extends.
-local k = KEYS[1]
-local at = commit(k, 3)
-local f = redis.call('HGETALL', k)
-if #f == 0 then return {0, f} end
-redis.call('PEXPIRE', k, ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-local now = tonumber(redis.call('TIME')[1])
-local state = 0
-local id = redis.call('HGET', k, 'id')
-local since = {}
-for i = at + 1, at + 2 * tonumber(ARGV[at]), 2 do
-  local ch, known = ARGV[i], ARGV[i + 1]
-  if id and redis.call('HGET', k, 'h:' .. ch) == id and (known == id
-      or redis.call('HEXISTS', k, 'k:' .. ch .. '\\0' .. known) == 1) then
-    since[ch] = known
-  end
-end
-local out = {}
-for i = 1, #f, 2 do
-  local name = f[i]
-  local p = string.sub(name, 1, 2)
-  local keep = p ~= 'k:'
-  if p == 'p:' then
-    if state == 0 then state = 2 end
-    local at_time = tonumber(string.match(f[i + 1], '|(%d+)$')) or 0
-    if now - at_time < tonumber(ARGV[2]) then state = 1 end
-  elseif p == 's:' then
-    keep = since[history_channel(name)] == nil
-  elseif p == 'd:' then
-    local known = since[history_channel(name)]
-    keep = known == nil or delta_checkpoint(name) >= known
-  end
-  if keep then
-    out[#out + 1] = name
-    out[#out + 1] = f[i + 1]
-  end
-end
-for ch, known in pairs(since) do
-  out[#out + 1] = 'i:' .. ch
-  out[#out + 1] = known
-end
-return {state, out}
-"""
-)
-
-_COMMIT = (
-    _COMMITS
-    + """
-commit(KEYS[1], 1)
-return 1
-"""
-)
-
-_INVALIDATE = """
--- ARGV: ttl, ns, below ('' = whatever the entry holds), reset floor ('1'), new gen
-local k = KEYS[1]
-local below = ARGV[3]
-local cur = redis.call('HGET', k, 'id')
-if below ~= '' and cur and cur > below then return 0 end
-local floor = redis.call('HGET', k, 'floor')
-if ARGV[4] == '1' then floor = false end
-if below ~= '' and ((not floor) or below > floor) then floor = below end
-redis.call('DEL', k)
-redis.call('HSET', k, 'gen', ARGV[5])
-if floor then redis.call('HSET', k, 'floor', floor) end
-redis.call('PEXPIRE', k, ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -299,14 +84,6 @@ Through = Callable[[Callable[[], Awaitable[int]]], Awaitable[int]]
 
 async def _directly(call: Callable[[], Awaitable[int]]) -> int:
     return await call()
-
-
-@dataclass(frozen=True)
-class ScriptCall:
-    """The keys and arguments of one script call, built ahead of sending it."""
-
-    keys: list[str]
-    args: list[Any]
 
 
 @dataclass(frozen=True)
@@ -343,10 +120,6 @@ def _unpack_value(packed: bytes) -> tuple[str, str, bytes]:
     return version, type_tag, blob
 
 
-def _write_field(task_id: str, idx: int, channel: str) -> bytes:
-    return f"w:{task_id}\0{idx}\0{channel}".encode()
-
-
 def history_channels(metadata: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
     """Delta channels a checkpoint stores no value for: reading it replays their history."""
     counters = metadata.get("counters_since_delta_snapshot") or {}
@@ -362,9 +135,8 @@ class _DeltaChannels:
     parent: str | None  # the checkpoint's parent: late writes to it join its histories
     extra: list[tuple[bytes, Any]] = field(default_factory=list)
 
-    def args(self) -> list[Any]:
-        pairs = [b"up", self.parent or "", *(item for pair in self.extra for item in pair)]
-        return [len(self.history), *self.history, len(self.snapshots), *self.snapshots, *pairs]
+    def fields(self) -> list[tuple[bytes, Any]]:
+        return [(PARENT_FIELD, self.parent or ""), *self.extra]
 
 
 def _histories(fields: Mapping[bytes, bytes]) -> dict[str, HotHistory]:
@@ -372,12 +144,12 @@ def _histories(fields: Mapping[bytes, bytes]) -> dict[str, HotHistory]:
     checkpoint_id = fields[b"id"]
     found: dict[str, HotHistory] = {}
     for key, value in fields.items():
-        if key[:2] != b"h:" or value != checkpoint_id:
+        if not key.startswith(HISTORY_PREFIX) or value != checkpoint_id:
             continue
         name = key[2:]
-        since = fields.get(b"i:" + name)
-        seed = fields.get(b"s:" + name) if since is None else None
-        prefix = b"d:" + name + b"\0"
+        since = fields.get(since_field(name))
+        seed = fields.get(seed_field(name)) if since is None else None
+        prefix = delta_prefix(name)
         ordered = []
         for field_name, packed in fields.items():
             if field_name.startswith(prefix):
@@ -411,11 +183,7 @@ class HotTier:
         self.serde = serde
         self.ttl_ms = max(1, int(ttl_seconds * 1000))
         self.prefix = prefix
-        self._install = client.register_script(_INSTALL)
-        self._writes = client.register_script(_WRITES)
-        self._read = client.register_script(_READ)
-        self._commit = client.register_script(_COMMIT)
-        self._invalidate = client.register_script(_INVALIDATE)
+        self.scripts = Scripts(client)
 
     @classmethod
     def from_url(
@@ -471,12 +239,14 @@ class HotTier:
         """The latest checkpoint if the entry holds a complete, committed one, with the delta
         histories it holds; refreshes the idle TTL and applies `commits` first, in the same
         round trip. `known` maps a channel to a checkpoint whose history the caller holds."""
-        entry, index = self.keys(thread_id, checkpoint_ns)
-        pairs = [item for pair in (known or {}).items() for item in pair]
-        state, flat = await self._read(
-            keys=[entry, index],
-            args=[self.ttl_ms, ABANDONED_SECONDS, len(commits), *commits, len(pairs) // 2, *pairs],
+        call = read_call(
+            self.keys(thread_id, checkpoint_ns),
+            ttl_ms=self.ttl_ms,
+            abandoned_seconds=ABANDONED_SECONDS,
+            commits=commits,
+            known=list((known or {}).items()),
         )
+        state, flat = await self.scripts.run("read", call)
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         gen = fields.get(b"gen", ABSENT_GEN.encode()).decode()
         if state:
@@ -488,7 +258,7 @@ class HotTier:
     async def commit(self, thread_id: str, checkpoint_ns: str, tokens: Sequence[str]) -> None:
         """Mark staged changes as durable, so the entry reads as a hit again."""
         entry, _ = self.keys(thread_id, checkpoint_ns)
-        await self._commit(keys=[entry], args=[len(tokens), *tokens])
+        await self.scripts.run("commit", commit_call(entry, tokens))
 
     def _decode(
         self, thread_id: str, checkpoint_ns: str, fields: dict[bytes, bytes]
@@ -504,7 +274,7 @@ class HotTier:
         versions = skeleton["channel_versions"]
         blobs: dict[str, tuple[str, bytes]] = {}
         for channel in blob_channels:
-            packed = fields.get(b"c:" + channel.encode())
+            packed = fields.get(value_field(channel))
             if packed is None:
                 return None
             version, type_tag, blob = _unpack_value(packed)
@@ -512,7 +282,9 @@ class HotTier:
                 return None
             blobs[channel] = (type_tag, blob)
         writes = [
-            tuple(ormsgpack.unpackb(value)) for key, value in fields.items() if key[:2] == b"w:"
+            tuple(ormsgpack.unpackb(value))
+            for key, value in fields.items()
+            if key.startswith(WRITE_PREFIX)
         ]
         return CheckpointRecord(
             thread_id=thread_id,
@@ -588,7 +360,7 @@ class HotTier:
 
     async def install(self, call: ScriptCall) -> int:
         """Run an install: 1 done, 0 Redis holds something newer, -1 it lacks the parent."""
-        return int(await self._install(keys=call.keys, args=call.args))
+        return int(await self.scripts.run("install", call))
 
     def _install_call(
         self,
@@ -609,24 +381,26 @@ class HotTier:
         )
         if not prepared.parent_id:  # a root checkpoint: its histories are empty, and complete
             channels.extra += [
-                (b"h:" + ch.encode(), prepared.checkpoint_id) for ch in channels.history
+                (history_field(ch), prepared.checkpoint_id) for ch in channels.history
             ]
-        args: list[Any] = [
-            self.ttl_ms,
-            prepared.checkpoint_ns,
-            prepared.checkpoint_id,
-            parent,
-            "",
-            head,
-            token,
-            len(commits),
-            *commits,
-            *channels.args(),
-        ]
+        fields = channels.fields()
         for channel, version, type_tag, blob in values:
             packed = _pack_value(version, type_tag, blob, snapshot=channel in channels.snapshots)
-            args += [b"c:" + channel.encode(), packed]
-        return ScriptCall(list(self.keys(prepared.thread_id, prepared.checkpoint_ns)), args)
+            fields.append((value_field(channel), packed))
+        return install_call(
+            self.keys(prepared.thread_id, prepared.checkpoint_ns),
+            ttl_ms=self.ttl_ms,
+            checkpoint_ns=prepared.checkpoint_ns,
+            checkpoint_id=prepared.checkpoint_id,
+            parent=parent,
+            expected_gen="",
+            head=head,
+            token=token,
+            commits=commits,
+            history=channels.history,
+            snapshots=channels.snapshots,
+            fields=fields,
+        )
 
     async def warm(
         self,
@@ -649,7 +423,6 @@ class HotTier:
     ) -> ScriptCall:
         versions = record.skeleton["channel_versions"]
         head = self._head(record.skeleton, record.metadata, record.parent_id, list(record.blobs))
-        entry, index = self.keys(record.thread_id, record.checkpoint_ns)
         inline = record.skeleton["channel_values"]
         channels = _DeltaChannels(
             history=[],
@@ -658,28 +431,33 @@ class HotTier:
         )
         for channel, history in (histories or {}).items():
             channels.extra += self._history_fields(record.checkpoint_id, channel, history)
-        args: list[Any] = [
-            self.ttl_ms,
-            record.checkpoint_ns,
-            record.checkpoint_id,
-            "",
-            expected_gen,
-            head,
-            "",
-            0,
-            *channels.args(),
-        ]
+        fields = channels.fields()
         for channel, (type_tag, blob) in record.blobs.items():
             packed = _pack_value(
                 str(versions[channel]), type_tag, blob, snapshot=channel in channels.snapshots
             )
-            args += [b"c:" + channel.encode(), packed]
+            fields.append((value_field(channel), packed))
         for task_id, channel, type_tag, blob, task_path, idx in record.writes:
-            args += [
-                _write_field(task_id, idx, channel),
-                _pack(task_id, channel, type_tag, blob, task_path, idx),
-            ]
-        return ScriptCall([entry, index], args)
+            fields.append(
+                (
+                    write_field(task_id, idx, channel),
+                    _pack(task_id, channel, type_tag, blob, task_path, idx),
+                )
+            )
+        return install_call(
+            self.keys(record.thread_id, record.checkpoint_ns),
+            ttl_ms=self.ttl_ms,
+            checkpoint_ns=record.checkpoint_ns,
+            checkpoint_id=record.checkpoint_id,
+            parent="",
+            expected_gen=expected_gen,
+            head=head,
+            token="",
+            commits=(),
+            history=channels.history,
+            snapshots=channels.snapshots,
+            fields=fields,
+        )
 
     def _history_fields(
         self, checkpoint_id: str, channel: str, history: DeltaChannelHistory
@@ -687,18 +465,18 @@ class HotTier:
         """A history decoded from Postgres, as entry fields (its writes carry no checkpoint
         ids, so they sort first and only a reader holding this very checkpoint skips them)."""
         name = channel.encode()
-        fields: list[tuple[bytes, Any]] = [(b"h:" + name, checkpoint_id)]
+        fields: list[tuple[bytes, Any]] = [(history_field(name), checkpoint_id)]
         if "seed" in history:
             fields.append(
                 (
-                    b"s:" + name,
+                    seed_field(name),
                     _pack_value("", *self.serde.dumps_typed(history["seed"]), snapshot=True),
                 )
             )
         for seq, (task_id, write_channel, value) in enumerate(history["writes"]):
             fields.append(
                 (
-                    b"d:" + name + b"\0\0" + str(seq).zfill(9).encode(),
+                    decoded_delta_field(name, seq),
                     _pack(task_id, write_channel, *self.serde.dumps_typed(value), "", seq),
                 )
             )
@@ -708,21 +486,20 @@ class HotTier:
         self, prepared: PreparedWrites, token: str, commits: Sequence[str] = ()
     ) -> bool:
         """Stage pending writes under `token` if the entry holds their checkpoint."""
-        entry, index = self.keys(prepared.thread_id, prepared.checkpoint_ns)
-        args: list[Any] = [
-            self.ttl_ms,
-            prepared.checkpoint_id,
-            "1" if prepared.upsert else "0",
-            token,
-            len(commits),
-            *commits,
+        fields = [
+            (write_field(task_id, idx, channel), _pack(task_id, channel, type_tag, blob, path, idx))
+            for _, _, _, task_id, path, idx, channel, type_tag, blob in prepared.rows
         ]
-        for _, _, _, task_id, task_path, idx, channel, type_tag, blob in prepared.rows:
-            args += [
-                _write_field(task_id, idx, channel),
-                _pack(task_id, channel, type_tag, blob, task_path, idx),
-            ]
-        return int(await self._writes(keys=[entry, index], args=args)) == 1
+        call = writes_call(
+            self.keys(prepared.thread_id, prepared.checkpoint_ns),
+            ttl_ms=self.ttl_ms,
+            checkpoint_id=prepared.checkpoint_id,
+            upsert=prepared.upsert,
+            token=token,
+            commits=commits,
+            fields=fields,
+        )
+        return int(await self.scripts.run("writes", call)) == 1
 
     # ----------------------------------------------------------- invalidation
 
@@ -739,17 +516,15 @@ class HotTier:
         `below` also raises the floor, so a delayed write of an older checkpoint cannot land
         afterwards; `reset_floor` lets older checkpoints in again (after deleting newer ones).
         """
-        entry, index = self.keys(thread_id, checkpoint_ns)
-        await self._invalidate(
-            keys=[entry, index],
-            args=[
-                self.ttl_ms,
-                checkpoint_ns,
-                below or "",
-                "1" if reset_floor else "0",
-                os.urandom(8).hex(),
-            ],
+        call = invalidate_call(
+            self.keys(thread_id, checkpoint_ns),
+            ttl_ms=self.ttl_ms,
+            checkpoint_ns=checkpoint_ns,
+            below=below,
+            reset_floor=reset_floor,
+            new_gen=os.urandom(8).hex(),
         )
+        await self.scripts.run("invalidate", call)
 
     async def invalidate_thread(self, thread_id: str, *, reset_floor: bool = False) -> None:
         """Invalidate every namespace of a thread (two round trips)."""

@@ -1,0 +1,2 @@
+commit(KEYS[1], 1)
+return 1
