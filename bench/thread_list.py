@@ -53,7 +53,7 @@ async def main(threads: int, page: int) -> None:
                 if len(records) <= page:
                     break
                 cursors.append(records[page - 1].position)
-            async with saver._cursor() as cur:  # what autovacuum does after a bulk load
+            async with saver.cursor() as cur:  # what autovacuum does after a bulk load
                 await cur.execute("ANALYZE threadline_threads")
             await timed_page(saver, page, cursors[0])  # warm both statements up
             await timed_page(saver, page, cursors[-1])

@@ -7,6 +7,7 @@ assertions are about what the model actually received over HTTP.
 from __future__ import annotations
 
 import os
+import uuid
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ async def test_thread_survives_a_new_saver(
         monkeypatch.setenv(key, value)
     env = backend_settings(backend, tmp_path, postgres_db_url, redis_url)
     settings = settings_from(env)
-    thread_id = f"persist-{backend}"
+    thread_id = f"persist-{backend}-{uuid.uuid4().hex[:8]}"  # Redis is shared by the session
     config = {"configurable": {"thread_id": thread_id}}
 
     async with open_checkpointer(settings) as saver:

@@ -19,7 +19,6 @@ import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -63,6 +62,15 @@ from threadline.checkpointers.delta import (
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
 from threadline.checkpointers.records import RECORD_COLUMNS, ThreadRecord, listing_sql, record_in
+from threadline.checkpointers.rows import (
+    BlobRow,
+    CheckpointRecord,
+    PendingWrite,
+    PreparedCheckpoint,
+    PreparedWrites,
+    Statement,
+    WriteRow,
+)
 from threadline.checkpointers.serde import (
     UnencryptedDataError,
     ValueSealer,
@@ -76,7 +84,6 @@ logger = logging.getLogger(__name__)
 SEALED_VALUES = "$enc_values"
 POOL_KWARGS = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
 
-Statement = tuple[str, Sequence[Any]]
 
 SELECT_RUN_CHECKPOINTS_SQL = """
 SELECT thread_id, checkpoint_ns, checkpoint_id, checkpoint -> 'channel_versions' AS versions
@@ -155,93 +162,28 @@ class CheckpointStoreUnavailable(RuntimeError):
     """Postgres could not be reached; the operation did not happen."""
 
 
-@dataclass
-class PreparedCheckpoint:
-    """A checkpoint serialised once, ready for Postgres and for the hot tier."""
-
-    thread_id: str
-    checkpoint_ns: str
-    checkpoint_id: str
-    parent_id: str | None
-    checkpoint: Checkpoint
-    skeleton: dict[str, Any]  # checkpoint with only its inline (primitive) values, plaintext
-    metadata: dict[str, Any]  # plaintext, as stored
-    blob_channels: list[str]  # channels whose values live in checkpoint_blobs
-    blob_rows: list[tuple[Any, ...]]  # checkpoint_blobs rows for this put's new versions
-    row: tuple[Any, ...]  # the checkpoints row
-    receipts: list[Receipt] = field(default_factory=list)  # recorded with the row
-    record: ThreadRecord | None = None  # upserted with the row
-
-    def side_statements(self) -> list[Statement]:
-        """The receipts and thread record this checkpoint's transaction writes too."""
-        statements = self.receipt_statements()
-        if (r := self.record) is not None:
-            row = (r.thread_key, r.tenant, r.thread_id, r.user_id, r.title, r.created_at)
-            statements.append(
-                (UPSERT_RECORD_SQL, (*row, r.updated_at, r.message_count, Jsonb(r.metadata)))
-            )
-        return statements
-
-    def receipt_statements(self) -> list[Statement]:
-        if not self.receipts:
-            return []
-        where = (self.thread_id, self.checkpoint_ns, self.checkpoint_id)
-        expires_at = self.receipts[0].expires_at
-        names = [r.name for r in self.receipts]
-        digests = [r.digest for r in self.receipts]
-        return [
-            (PURGE_EXPIRED_RECEIPTS_SQL, (self.thread_id,)),
-            (RECORD_RECEIPTS_SQL, (*where, expires_at, names, digests)),
-        ]
-
-    def snapshots(self) -> dict[str, tuple[str, Any]]:
-        """Channel -> (version, value) of the delta-channel snapshots this put stores."""
-        versions = self.checkpoint["channel_versions"]
-        return {
-            k: (str(versions[k]), v.value)
-            for k, v in self.checkpoint["channel_values"].items()
-            if isinstance(v, DeltaSnapshot) and k in versions
-        }
-
-    def new_blobs(self) -> dict[str, tuple[str, str, bytes]]:
-        """Channel -> (version, type, bytes) of the values this put wrote."""
-        return {r[2]: (r[3], r[4], r[5]) for r in self.blob_rows if r[4] != "empty"}
-
-    @property
-    def next_config(self) -> RunnableConfig:
-        return {
-            "configurable": {
-                "thread_id": self.thread_id,
-                "checkpoint_ns": self.checkpoint_ns,
-                "checkpoint_id": self.checkpoint_id,
-            }
-        }
+def side_statements(prepared: PreparedCheckpoint) -> list[Statement]:
+    """The receipts and thread record a checkpoint's transaction writes too."""
+    statements = _receipt_statements(prepared)
+    if (r := prepared.record) is not None:
+        row = (r.thread_key, r.tenant, r.thread_id, r.user_id, r.title, r.created_at)
+        statements.append(
+            (UPSERT_RECORD_SQL, (*row, r.updated_at, r.message_count, Jsonb(r.metadata)))
+        )
+    return statements
 
 
-@dataclass
-class PreparedWrites:
-    """Pending writes serialised once, as checkpoint_writes rows."""
-
-    thread_id: str
-    checkpoint_ns: str
-    checkpoint_id: str
-    rows: list[tuple[Any, ...]]
-    upsert: bool
-
-
-@dataclass
-class CheckpointRecord:
-    """One stored checkpoint, decrypted but with channel blobs still serialised."""
-
-    thread_id: str
-    checkpoint_ns: str
-    checkpoint_id: str
-    parent_id: str | None
-    skeleton: dict[str, Any]
-    metadata: dict[str, Any]
-    blobs: dict[str, tuple[str, bytes]] = field(default_factory=dict)
-    # (task_id, channel, type, blob, task_path, idx)
-    writes: list[tuple[str, str, str, bytes, str, int]] = field(default_factory=list)
+def _receipt_statements(prepared: PreparedCheckpoint) -> list[Statement]:
+    if not prepared.receipts:
+        return []
+    where = (prepared.thread_id, prepared.checkpoint_ns, prepared.checkpoint_id)
+    expires_at = prepared.receipts[0].expires_at
+    names = [r.name for r in prepared.receipts]
+    digests = [r.digest for r in prepared.receipts]
+    return [
+        (PURGE_EXPIRED_RECEIPTS_SQL, (prepared.thread_id,)),
+        (RECORD_RECEIPTS_SQL, (*where, expires_at, names, digests)),
+    ]
 
 
 class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
@@ -285,13 +227,13 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
     async def setup(self) -> None:
         """The stock tables and migrations, then threadline's own tables."""
         await super().setup()
-        async with self._cursor() as cur:
+        async with self.cursor() as cur:
             await cur.execute(SEEDS_MIGRATION)
             for statement in MIGRATIONS:
                 await cur.execute(statement)
 
     async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
-        async with self._cursor() as cur:
+        async with self.cursor() as cur:
             await cur.execute(SELECT_RECORD_SQL, (thread_key,))
             row = await cur.fetchone()
         return ThreadRecord(**row) if row else None
@@ -304,7 +246,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         after: tuple[float, str] | None = None,
     ) -> list[ThreadRecord]:
         sql, params = listing_sql("%s", tenant, user_id, limit, after)
-        async with self._cursor() as cur:
+        async with self.cursor() as cur:
             await cur.execute(sql, params)
             return [ThreadRecord(**row) for row in await cur.fetchall()]
 
@@ -312,19 +254,21 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
     ) -> ThreadRecord | None:
         encoded = Jsonb(metadata) if metadata is not None else None
-        async with self._cursor() as cur:
+        async with self.cursor() as cur:
             await cur.execute(UPDATE_RECORD_SQL, (title, encoded, thread_key))
             row = await cur.fetchone()
         return ThreadRecord(**row) if row else None
 
     async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
-        async with self._cursor() as cur:
+        async with self.cursor() as cur:
             await cur.execute(SELECT_RECEIPT_SQL, (thread_id, name))
             row = await cur.fetchone()
         return live(Receipt(**{**row, "expires_at": float(row["expires_at"])})) if row else None
 
     @asynccontextmanager
-    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
+    async def cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
+        """A cursor on a pooled connection (with `pipeline`, its statements form one
+        transaction); an unreachable Postgres is `CheckpointStoreUnavailable`."""
         try:
             async with self.conn.connection() as conn:
                 if pipeline:
@@ -342,6 +286,8 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             raise CheckpointStoreUnavailable(
                 f"Postgres unavailable, nothing was stored or read ({type(exc).__name__}: {detail})"
             ) from exc
+
+    _cursor = cursor  # the name the stock saver's inherited methods (setup, prune) call
 
     # ------------------------------------------------------------------ writes
 
@@ -394,7 +340,10 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             skeleton=skeleton,
             metadata=md,
             blob_channels=[k for k in blob_values if k in checkpoint["channel_versions"]],
-            blob_rows=self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions),
+            blob_rows=[
+                BlobRow(*row)
+                for row in self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions)
+            ],
             row=row,
             receipts=receipts_in(md, checkpoint_ns, checkpoint["id"]),
             record=record_in(md),
@@ -404,11 +353,11 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         self, prepared: PreparedCheckpoint, also: Iterable[Statement] = ()
     ) -> None:
         """Store the checkpoint (and `also` statements) in one transaction, one round trip."""
-        async with self._cursor(pipeline=True) as cur:
+        async with self.cursor(pipeline=True) as cur:
             if prepared.blob_rows:
                 await cur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, prepared.blob_rows)
             await cur.execute(self.UPSERT_CHECKPOINTS_SQL, prepared.row)
-            for sql, params in [*prepared.side_statements(), *also]:
+            for sql, params in [*side_statements(prepared), *also]:
                 await cur.execute(sql, params)
 
     async def aput(
@@ -459,7 +408,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
 
         histories = await delta_history(
             self.delta_histories,
-            self._cursor,
+            self.cursor,
             self.serde.loads_typed,
             no_walk,
             (thread_id, ns, checkpoint_id),
@@ -467,7 +416,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         )
         if not histories:
             return
-        async with self._cursor() as cur, cur.connection.transaction():
+        async with self.cursor() as cur, cur.connection.transaction():
             for channel, (version, value) in snapshots.values.items():
                 if channel not in histories:
                     continue
@@ -513,10 +462,13 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         thread_id = str(configurable["thread_id"])
         checkpoint_ns = configurable.get("checkpoint_ns", "")
         checkpoint_id = configurable["checkpoint_id"]
-        rows = self._dump_writes(
-            thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, writes
-        )
-        upsert = all(w[0] in WRITES_IDX_MAP for w in writes)
+        rows = [
+            WriteRow(*row)
+            for row in self._dump_writes(
+                thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, writes
+            )
+        ]
+        upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         return PreparedWrites(thread_id, checkpoint_ns, checkpoint_id, rows, upsert)
 
     async def write_writes(self, prepared: PreparedWrites, also: Iterable[Statement] = ()) -> None:
@@ -525,7 +477,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             if prepared.upsert
             else self.INSERT_CHECKPOINT_WRITES_SQL
         )
-        async with self._cursor(pipeline=True) as cur:
+        async with self.cursor(pipeline=True) as cur:
             if prepared.rows:
                 await cur.executemany(sql, prepared.rows)
             for stmt, params in also:
@@ -554,7 +506,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
                 "WHERE thread_id = %s AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1"
             )
             args = (thread_id, checkpoint_ns)
-        async with self._cursor() as cur:
+        async with self.cursor() as cur:
             await cur.execute(self.SELECT_SQL + where, args, binary=True)
             row = await cur.fetchone()
             if row is None:
@@ -586,7 +538,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             )
 
         return await delta_history(
-            self.delta_histories, self._cursor, self.serde.loads_typed, full_history, key, channels
+            self.delta_histories, self.cursor, self.serde.loads_typed, full_history, key, channels
         )
 
     async def alist(
@@ -604,7 +556,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         if limit is not None and not residual:
             query += " LIMIT %s"
             params.append(int(limit))
-        async with self._cursor() as cur:
+        async with self.cursor() as cur:
             await cur.execute(query, params, binary=True)
             rows = await cur.fetchall()
             await self._migrate_sends(cur, rows)
@@ -656,7 +608,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             )
         skeleton["channel_values"] = inline
         writes = [
-            (tid.decode(), ch.decode(), t.decode(), blob, path.decode(), int(idx))
+            PendingWrite(tid.decode(), ch.decode(), t.decode(), blob, path.decode(), int(idx))
             for tid, ch, t, blob, path, idx in row["pending_writes"] or ()
         ]
         return CheckpointRecord(
@@ -686,21 +638,21 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
                 if record.parent_id
                 else None
             ),
-            pending_writes=[(w[0], w[1], loads((w[2], w[3]))) for w in writes],
+            pending_writes=[(w.task_id, w.channel, loads((w.type, w.blob))) for w in writes],
         )
 
     # --------------------------------------------------------------- deletion
 
     async def adelete_thread(self, thread_id: str) -> None:
         self.pending_snapshots.forget([str(thread_id)])
-        async with self._cursor(pipeline=True) as cur:
+        async with self.cursor(pipeline=True) as cur:
             for sql in DELETE_THREAD_SQL:
                 await cur.execute(sql, (str(thread_id),))
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         self.pending_snapshots.forget([str(t) for t in thread_ids])
         await super().aprune(thread_ids, strategy=strategy)
-        async with self._cursor() as cur:
+        async with self.cursor() as cur:
             await cur.execute(FORGET_SEEDS_SQL, ([str(t) for t in thread_ids],))
 
     async def delete_runs(self, run_ids: Sequence[str]) -> set[tuple[str, str]]:
@@ -712,7 +664,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         if not run_ids:
             return set()
         keys = self.sealer.run_id_keys(run_ids)
-        async with self._cursor() as cur, cur.connection.transaction():
+        async with self.cursor() as cur, cur.connection.transaction():
             if keys is None:
                 doomed = await self._scan_runs(cur, set(run_ids))
             else:
@@ -767,7 +719,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         params = {"src": str(source_thread_id), "dst": str(target_thread_id)}
-        async with self._cursor(pipeline=True) as cur:
+        async with self.cursor(pipeline=True) as cur:
             for sql in COPY_THREAD_SQL:
                 await cur.execute(sql, params)
 
@@ -782,8 +734,8 @@ def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableC
     }
 
 
-def _write_order(write: tuple[str, str, str, bytes, str, int]) -> tuple[Any, ...]:
-    return writes_sort_key(write[4], write[0], write[5])
+def _write_order(write: PendingWrite) -> tuple[Any, ...]:
+    return writes_sort_key(write.task_path, write.task_id, write.idx)
 
 
 # When each pooled connection was last given back (see `_check_if_idle`).

@@ -34,7 +34,6 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from threadline.checkpointers.durable import CheckpointRecord, PreparedCheckpoint, PreparedWrites
 from threadline.checkpointers.hot_protocol import (
     HISTORY_PREFIX,
     PARENT_FIELD,
@@ -53,6 +52,12 @@ from threadline.checkpointers.hot_protocol import (
     value_field,
     write_field,
     writes_call,
+)
+from threadline.checkpointers.rows import (
+    CheckpointRecord,
+    PendingWrite,
+    PreparedCheckpoint,
+    PreparedWrites,
 )
 from threadline.compat import DeltaSnapshot
 
@@ -102,6 +107,10 @@ class HotHistory:
 
 def _pack(*items: Any) -> bytes:
     return ormsgpack.packb(items)
+
+
+def _pack_write(write: PendingWrite) -> bytes:
+    return _pack(*write)
 
 
 def _pack_value(version: str, type_tag: str, blob: bytes, *, snapshot: bool = False) -> bytes:
@@ -282,7 +291,7 @@ class HotTier:
                 return None
             blobs[channel] = (type_tag, blob)
         writes = [
-            tuple(ormsgpack.unpackb(value))
+            PendingWrite(*ormsgpack.unpackb(value))
             for key, value in fields.items()
             if key.startswith(WRITE_PREFIX)
         ]
@@ -437,12 +446,9 @@ class HotTier:
                 str(versions[channel]), type_tag, blob, snapshot=channel in channels.snapshots
             )
             fields.append((value_field(channel), packed))
-        for task_id, channel, type_tag, blob, task_path, idx in record.writes:
+        for write in record.writes:
             fields.append(
-                (
-                    write_field(task_id, idx, channel),
-                    _pack(task_id, channel, type_tag, blob, task_path, idx),
-                )
+                (write_field(write.task_id, write.idx, write.channel), _pack_write(write))
             )
         return install_call(
             self.keys(record.thread_id, record.checkpoint_ns),
@@ -487,8 +493,11 @@ class HotTier:
     ) -> bool:
         """Stage pending writes under `token` if the entry holds their checkpoint."""
         fields = [
-            (write_field(task_id, idx, channel), _pack(task_id, channel, type_tag, blob, path, idx))
-            for _, _, _, task_id, path, idx, channel, type_tag, blob in prepared.rows
+            (
+                write_field(r.task_id, r.idx, r.channel),
+                _pack_write(PendingWrite(r.task_id, r.channel, r.type, r.blob, r.task_path, r.idx)),
+            )
+            for r in prepared.rows
         ]
         call = writes_call(
             self.keys(prepared.thread_id, prepared.checkpoint_ns),

@@ -48,15 +48,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from threadline.checkpointers.delta import stored_bytes_in_memory
 from threadline.checkpointers.durable import (
     DEFAULT_HISTORY_CACHE_BYTES,
-    CheckpointRecord,
     CheckpointStoreUnavailable,
     DurablePostgresSaver,
-    Statement,
 )
 from threadline.checkpointers.hot import HotHistory, HotTier, history_channels
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.receipts import Receipt
 from threadline.checkpointers.records import ThreadRecord
+from threadline.checkpointers.rows import CheckpointRecord, Statement
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ T = TypeVar("T")
 
 async def _migrate(durable: DurablePostgresSaver) -> None:
     await durable.setup()
-    async with durable._cursor() as cur:
+    async with durable.cursor() as cur:
         await cur.execute(JOURNAL_MIGRATION)
         await cur.execute(DEPLOYMENT_MIGRATIONS[0])
         await cur.execute(DEPLOYMENT_MIGRATIONS[1], (os.urandom(6).hex(),))
@@ -120,7 +119,7 @@ async def deployment_key_prefix(durable: DurablePostgresSaver) -> str:
     """`threadline:<id>`, the id stored once per database at setup (or `threadline` for a
     database set up before there was one)."""
     try:
-        async with durable._cursor() as cur:
+        async with durable.cursor() as cur:
             await cur.execute(DEPLOYMENT_SELECT_SQL)
             row = await cur.fetchone()
     except psycopg.errors.UndefinedTable:
@@ -311,7 +310,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         """Mark an entry suspect here and, durably, for every replica."""
         self._suspect(key, below)
         try:
-            async with self.durable._cursor(pipeline=True) as cur:
+            async with self.durable.cursor(pipeline=True) as cur:
                 for sql, params in self._journal_statements(key, below):
                     await cur.execute(sql, params)
         except POSTGRES_FAULTS:
@@ -319,7 +318,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
 
     async def _load_journal(self) -> None:
         try:
-            async with self.durable._cursor() as cur:
+            async with self.durable.cursor() as cur:
                 await cur.execute(JOURNAL_SELECT_SQL)
                 rows = await cur.fetchall()
         except psycopg.errors.UndefinedTable:
@@ -378,7 +377,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             self._redis_failed(exc)
             return False
         try:
-            async with self.durable._cursor() as cur:
+            async with self.durable.cursor() as cur:
                 await cur.execute(JOURNAL_DELETE_SQL, (*key, below))
         except POSTGRES_FAULTS:
             return False
