@@ -7,9 +7,9 @@ assertions are about what the model actually received over HTTP.
 from __future__ import annotations
 
 import os
-import uuid
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
