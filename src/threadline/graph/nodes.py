@@ -1,9 +1,9 @@
 """The two nodes: `trim_or_summarize` (keeps the model inside its budget) and `model`.
 
-Both come as sync/async pairs over the same pure policy in `memory.py`; only the way a
-summary call is awaited differs. A failed or slow summary call never fails the turn: the
-view is trimmed instead, history and summary stay as they were (or as far as earlier
-batches got), and no new attempt is made until the next human message.
+The fold policy (`_fold`) is written once, as a generator that asks for summary calls; the
+async and sync nodes only differ in how they make each call. A failed or slow summary call
+never fails the turn: the view is trimmed instead, history and summary stay as they were (or
+as far as earlier batches got), and no new attempt is made until the next human message.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -61,6 +61,17 @@ class FoldOutcome:
     calls: int = 0
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class SummaryCall:
+    """One summary call the fold policy asks for, with the time left for it."""
+
+    request: list[BaseMessage]
+    seconds: float
+
+
+FoldSteps = Generator[SummaryCall, BaseMessage | BaseException, dict[str, Any]]
 
 
 @dataclass
@@ -135,15 +146,6 @@ class AgentNodes:
         outcome.allowed = failed_turn is None or failed_turn != last_human_index(messages)
         return outcome
 
-    def _batches(self, outcome: FoldOutcome) -> Iterator[SummaryBatch]:
-        if outcome.plan is None or not outcome.allowed:
-            return
-        for batch in outcome.plan.batches:
-            if outcome.error is not None:
-                return
-            outcome.calls += 1
-            yield batch
-
     def _request(
         self, outcome: FoldOutcome, batch: SummaryBatch, policy: MemoryPolicy
     ) -> list[BaseMessage]:
@@ -197,43 +199,63 @@ class AgentNodes:
             update["summary_failed_turn"] = last_human_index(messages)
         return update
 
-    # -- trim_or_summarize: the sync/async pair -----------------------------------------------
+    def _fold(self, state: ThreadState, policy: MemoryPolicy) -> FoldSteps:
+        """The step's policy, free of I/O: yields each summary call to make and is sent its
+        reply (or the exception it raised); returns the state update. A failed call ends the
+        folding: the view is trimmed instead."""
+        outcome = self._start(state, policy)
+        batches = outcome.plan.batches if outcome.plan is not None and outcome.allowed else []
+        for batch in batches:
+            outcome.calls += 1
+            remaining = self._remaining(outcome, policy)
+            if remaining <= 0:
+                self._fail(outcome, TimeoutError("no time left for the summary call"))
+                break
+            reply = yield SummaryCall(self._request(outcome, batch, policy), remaining)
+            try:
+                if isinstance(reply, BaseException):
+                    raise reply
+                self._accept(outcome, batch, reply, policy)  # an empty reply raises too
+            except Exception as exc:
+                self._fail(outcome, exc)
+                break
+        return self._finish(state, policy, outcome)
+
+    # -- trim_or_summarize: driving the policy, async or sync ---------------------------------
 
     async def atrim_or_summarize(
         self, state: ThreadState, config: RunnableConfig, runtime: Runtime[Context]
     ) -> dict[str, Any]:
-        policy = self.resolve_policy(config, runtime)
-        outcome = self._start(state, policy)
-        for batch in self._batches(outcome):
-            request = self._request(outcome, batch, policy)
-            remaining = self._remaining(outcome, policy)
-            try:
-                if remaining <= 0:
-                    raise TimeoutError("no time left for the summary call")
-                call = self.summary_model.ainvoke(request, **self._summary_call_kwargs(remaining))
-                reply = await asyncio.wait_for(call, remaining)
-                self._accept(outcome, batch, reply, policy)
-            except Exception as exc:
-                self._fail(outcome, exc)
-        return self._finish(state, policy, outcome)
+        steps = self._fold(state, self.resolve_policy(config, runtime))
+        reply: BaseMessage | BaseException | None = None
+        try:
+            while True:
+                call = steps.send(reply)  # type: ignore[arg-type]
+                try:
+                    kwargs = self._summary_call_kwargs(call.seconds)
+                    pending = self.summary_model.ainvoke(call.request, **kwargs)
+                    reply = await asyncio.wait_for(pending, call.seconds)
+                except Exception as exc:
+                    reply = exc
+        except StopIteration as done:
+            return done.value
 
     def trim_or_summarize(
         self, state: ThreadState, config: RunnableConfig, runtime: Runtime[Context]
     ) -> dict[str, Any]:
-        policy = self.resolve_policy(config, runtime)
-        outcome = self._start(state, policy)
-        for batch in self._batches(outcome):
-            request = self._request(outcome, batch, policy)
-            remaining = self._remaining(outcome, policy)
-            try:
-                call = partial(
-                    self.summary_model.invoke, request, **self._summary_call_kwargs(remaining)
-                )
-                reply = run_with_deadline(call, remaining, name="threadline-summary")
-                self._accept(outcome, batch, reply, policy)
-            except Exception as exc:
-                self._fail(outcome, exc)
-        return self._finish(state, policy, outcome)
+        steps = self._fold(state, self.resolve_policy(config, runtime))
+        reply: BaseMessage | BaseException | None = None
+        try:
+            while True:
+                call = steps.send(reply)  # type: ignore[arg-type]
+                try:
+                    kwargs = self._summary_call_kwargs(call.seconds)
+                    invoke = partial(self.summary_model.invoke, call.request, **kwargs)
+                    reply = run_with_deadline(invoke, call.seconds, name="threadline-summary")
+                except Exception as exc:
+                    reply = exc
+        except StopIteration as done:
+            return done.value
 
     # -- model --------------------------------------------------------------------------------
 
