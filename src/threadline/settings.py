@@ -13,8 +13,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from threadline.rules import MIN_CONTEXT_TOKENS, Strategy, summary_ratios_problem
+
 CheckpointerKind = Literal["memory", "sqlite", "postgres", "redis", "tiered"]
-Strategy = Literal["summarize", "trim"]
 
 FAKE_MODEL = "fake"
 
@@ -39,7 +40,7 @@ class Settings(BaseSettings):
     model_timeout_seconds: float = Field(default=60.0, gt=0)
 
     # Context budget
-    max_context_tokens: int = Field(default=8000, ge=256)
+    max_context_tokens: int = Field(default=8000, ge=MIN_CONTEXT_TOKENS)
     memory_strategy: Strategy = "summarize"
     summary_trigger_ratio: float = Field(default=0.9, gt=0, le=1)
     summary_target_ratio: float = Field(default=0.5, gt=0, lt=1)
@@ -103,6 +104,18 @@ class Settings(BaseSettings):
         """The provider's model name (`gpt-4o-mini`), or `fake`."""
         return self.model.removeprefix("openai:")
 
+    def check_store(self) -> None:
+        """The URLs the chosen checkpointer needs are set."""
+        needs = {
+            "postgres": ["postgres_url"],
+            "redis": ["redis_url"],
+            "tiered": ["postgres_url", "redis_url"],
+        }.get(self.checkpointer, [])
+        if missing := [f"THREADLINE_{f.upper()}" for f in needs if getattr(self, f) is None]:
+            raise SettingsError(
+                f"THREADLINE_CHECKPOINTER={self.checkpointer} needs {' and '.join(missing)}"
+            )
+
     def check(self, *, model: bool = True) -> Settings:
         """Fail fast, with one line, on settings that cannot work at start-up (the model's
         too unless `model=False`: reading stored threads needs no model)."""
@@ -111,24 +124,13 @@ class Settings(BaseSettings):
                 f"THREADLINE_MODEL={self.model} needs OPENAI_API_KEY "
                 "(or set THREADLINE_MODEL=fake for the offline model)"
             )
-        needs = {
-            "postgres": ["postgres_url"],
-            "redis": ["redis_url"],
-            "tiered": ["postgres_url", "redis_url"],
-        }.get(self.checkpointer, [])
-        for field in needs:
-            if getattr(self, field) is None:
-                raise SettingsError(
-                    f"THREADLINE_CHECKPOINTER={self.checkpointer} needs THREADLINE_{field.upper()}"
-                )
+        self.check_store()
         from threadline.checkpointers.serde import AES_KEY_LENGTHS  # the one rule, in serde
 
         if self.aes_key is not None and (
             len(self.aes_key.get_secret_value().encode()) not in AES_KEY_LENGTHS
         ):
             raise SettingsError("THREADLINE_AES_KEY must be 16, 24 or 32 bytes long")
-        if self.summary_target_ratio >= self.summary_trigger_ratio:
-            raise SettingsError(
-                "THREADLINE_SUMMARY_TARGET_RATIO must be below THREADLINE_SUMMARY_TRIGGER_RATIO"
-            )
+        if problem := summary_ratios_problem(self.summary_target_ratio, self.summary_trigger_ratio):
+            raise SettingsError(f"THREADLINE_SUMMARY_TARGET_RATIO/TRIGGER_RATIO: {problem}")
         return self

@@ -30,6 +30,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
     aes_key = _secret(settings.aes_key) if settings.aes_key else None
     serde = make_serializer(aes_key)
     kind = settings.checkpointer
+    settings.check_store()
     if kind == "memory":
         yield MemorySaver(serde=serde)
     elif kind == "sqlite":
@@ -46,8 +47,6 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
     elif kind == "postgres":
         from threadline.checkpointers.durable import DurablePostgresSaver
 
-        if settings.postgres_url is None:
-            raise SettingsError("THREADLINE_CHECKPOINTER=postgres needs THREADLINE_POSTGRES_URL")
         async with DurablePostgresSaver.from_conn_string(
             _secret(settings.postgres_url),
             pool_size=settings.postgres_pool_size,
@@ -59,8 +58,6 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
     elif kind == "redis":
         from threadline.checkpointers.redis import RedisSaver
 
-        if settings.redis_url is None:
-            raise SettingsError("THREADLINE_CHECKPOINTER=redis needs THREADLINE_REDIS_URL")
         if aes_key:
             raise SettingsError(
                 "THREADLINE_CHECKPOINTER=redis cannot encrypt (its serializer is fixed); "
@@ -77,11 +74,6 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
     elif kind == "tiered":
         from threadline.checkpointers.tiered import TieredSaver
 
-        if settings.postgres_url is None or settings.redis_url is None:
-            raise SettingsError(
-                "THREADLINE_CHECKPOINTER=tiered needs THREADLINE_POSTGRES_URL and "
-                "THREADLINE_REDIS_URL"
-            )
         async with TieredSaver.from_conn_string(
             _secret(settings.postgres_url),
             _secret(settings.redis_url),

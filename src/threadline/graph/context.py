@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_args
 
-from threadline.settings import Settings, Strategy
+from threadline.rules import MIN_CONTEXT_TOKENS, Strategy, summary_ratios_problem
+from threadline.settings import Settings
 
 OVERRIDABLE = ("system_prompt", "max_context_tokens", "memory_strategy")
-MIN_CONTEXT_TOKENS = 256
 MAX_CONTEXT_TOKENS = 10_000_000
 # The running summary may use at most this share of the budget (and at most half the target),
 # so at small budgets it can never crowd the conversation out of the view.
@@ -75,11 +75,8 @@ class MemoryPolicy:
     summary_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.summary_target_ratio < self.summary_trigger_ratio <= 1:
-            raise ValueError(
-                "need 0 < summary_target_ratio < summary_trigger_ratio <= 1, got "
-                f"{self.summary_target_ratio} and {self.summary_trigger_ratio}"
-            )
+        if problem := summary_ratios_problem(self.summary_target_ratio, self.summary_trigger_ratio):
+            raise ValueError(problem)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MemoryPolicy:

@@ -22,12 +22,12 @@ from pydantic import BaseModel
 
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
+from threadline.rules import MIN_CONTEXT_TOKENS, Strategy
 from threadline.server.held import release_turn, running_turn
 from threadline.server.idempotency import previous_result, turn_receipts
 from threadline.server.ownership import RecordOut, check_turn_owner, records_of, turn_record
 from threadline.server.responses import ReplyChunk, TurnOutput, TurnOutputSchema, turn_output
 from threadline.server.staged import StagedSaver
-from threadline.settings import Strategy
 
 DEFAULT_RECEIPT_LIFETIME_SECONDS = 24 * 3600
 
@@ -56,7 +56,7 @@ TURN_CONFIG_SPECS = [
     ConfigurableFieldSpec(
         id="max_context_tokens",
         annotation=int | None,
-        description="Overrides the context budget for this turn (>= 256).",
+        description=f"Overrides the context budget for this turn (>= {MIN_CONTEXT_TOKENS}).",
         default=None,
     ),
     ConfigurableFieldSpec(
