@@ -1,0 +1,99 @@
+"""The Redis guard: a breaker and a deadline that allows for the event loop's own lag.
+
+Every Redis call of the tiered saver goes through `call`. A failure opens the breaker for
+`retry_seconds` (Redis is skipped meanwhile, `available` is False); a deadline is the Redis
+timeout plus a multiple of how late the event loop currently runs callbacks, so a busy or
+stalled loop is not mistaken for a slow Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from threadline.checkpointers.tiered.tasks import BackgroundTasks
+
+logger = logging.getLogger("threadline.checkpointers.tiered")
+
+REDIS_FAULTS = (RedisError, OSError, asyncio.TimeoutError)
+# Retries of a Redis call whose deadline fired late because the event loop had stalled.
+STALL_RETRIES = 2
+# The Redis deadline grows by this many times the event loop's current lag.
+LAG_ALLOWANCE = 3
+LAG_PROBE_SECONDS = 0.02
+
+T = TypeVar("T")
+
+
+class RedisGuard:
+    def __init__(
+        self,
+        timeout_seconds: float,
+        retry_seconds: float,
+        on_failure: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.timeout_seconds = timeout_seconds
+        self.retry_seconds = retry_seconds
+        self._on_failure = on_failure  # e.g. the journal must be reloaded before Redis again
+        self._retry_at = 0.0
+        self._loop_lag = 0.0
+        self._tasks = BackgroundTasks()
+        self._tasks.spawn(self._watch_loop_lag())
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open."""
+        return time.monotonic() >= self._retry_at
+
+    def failed(self, exc: BaseException) -> None:
+        """Open the breaker (and say so once per outage)."""
+        if self.available:
+            logger.warning(
+                "Redis unavailable (%s); serving from Postgres for %.1fs",
+                type(exc).__name__,
+                self.retry_seconds,
+            )
+        self._retry_at = time.monotonic() + self.retry_seconds
+        self._on_failure()
+
+    async def call(self, make_call: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis call under the Redis timeout, plus what the event loop is lagging.
+
+        A busy loop delays replies that have long arrived, and a deadline that fires late
+        means the loop stalled (a synchronous node, a slow import): neither is Redis being
+        slow. When either shows at the deadline, the call is retried (every Redis call here
+        is idempotent) rather than Redis declared down.
+        """
+        loop = asyncio.get_running_loop()
+        for _ in range(STALL_RETRIES + 1):
+            budget = self._budget()
+            started = loop.time()
+            try:
+                async with asyncio.timeout(budget):
+                    return await make_call()
+            except TimeoutError:
+                elapsed = loop.time() - started
+                if elapsed < budget * 1.5 and self._budget() <= budget:
+                    break
+        raise RedisTimeoutError(f"no answer from Redis within {budget:g}s")
+
+    def _budget(self) -> float:
+        return self.timeout_seconds + LAG_ALLOWANCE * self._loop_lag
+
+    async def _watch_loop_lag(self) -> None:
+        """Track how late this event loop runs callbacks (a decaying peak)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            lag = loop.time() - started - LAG_PROBE_SECONDS
+            self._loop_lag = max(lag, self._loop_lag * 0.9)
+
+    async def aclose(self) -> None:
+        await self._tasks.aclose()

@@ -1,0 +1,458 @@
+"""`TieredSaver`: Redis for the latest state of active threads, Postgres as the source of truth.
+
+A write goes to Postgres and, staged, to Redis at the same time; it returns once Postgres has
+it (a returned `aput` is durable) and Redis has the staged copy, committed later
+(`staged.StagedCommits`), so Redis never serves what Postgres may not hold. Latest-state reads
+come from Redis in one round trip; on a miss from Postgres, which then warms Redis. Older
+checkpoints, listings and history always come from Postgres.
+
+Redis trouble never fails an operation: every Redis call goes through `guard.RedisGuard` (a
+deadline and a breaker), and an entry that may be stale after a failure is journalled
+(`journal.InvalidationJournal`) and never served until repaired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+    get_checkpoint_id,
+)
+from langgraph.checkpoint.serde.base import SerializerProtocol
+
+from threadline.checkpointers.delta import stored_bytes_in_memory
+from threadline.checkpointers.durable import DEFAULT_HISTORY_CACHE_BYTES, DurablePostgresSaver
+from threadline.checkpointers.hot import HotHistory, HotTier, history_channels
+from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
+from threadline.checkpointers.receipts import Receipt
+from threadline.checkpointers.records import ThreadRecord
+from threadline.checkpointers.rows import (
+    CheckpointRecord,
+    PreparedCheckpoint,
+    PreparedWrites,
+    Statement,
+)
+from threadline.checkpointers.tiered.guard import REDIS_FAULTS, RedisGuard
+from threadline.checkpointers.tiered.journal import (
+    ANY_CHECKPOINT,
+    WHOLE_THREAD,
+    InvalidationJournal,
+    Key,
+)
+from threadline.checkpointers.tiered.schema import deployment_key_prefix, migrate
+from threadline.checkpointers.tiered.staged import StagedCommits
+from threadline.checkpointers.tiered.tasks import BackgroundTasks
+
+
+class TierWrite(Protocol):
+    """One write to both tiers: stored in Postgres, staged in Redis."""
+
+    @property
+    def key(self) -> Key: ...
+
+    @property
+    def checkpoint_id(self) -> str: ...
+
+    async def store(self, also: Sequence[Statement]) -> None:
+        """Write to Postgres, with `also` statements in the same transaction."""
+
+    async def stage(self, token: str, commits: Sequence[str]) -> None:
+        """Stage the Redis copy under `token`, carrying the `commits` of earlier writes."""
+
+
+@dataclass
+class CheckpointWrite:
+    saver: TieredSaver
+    prepared: PreparedCheckpoint
+
+    @property
+    def key(self) -> Key:
+        return (self.prepared.thread_id, self.prepared.checkpoint_ns)
+
+    @property
+    def checkpoint_id(self) -> str:
+        return self.prepared.checkpoint_id
+
+    async def store(self, also: Sequence[Statement]) -> None:
+        await self.saver.durable.write_checkpoint(self.prepared, also)
+
+    async def stage(self, token: str, commits: Sequence[str]) -> None:
+        await self.saver.hot.put(self.prepared, token, commits, through=self.saver.guard.call)
+
+
+@dataclass
+class PendingWrites:
+    saver: TieredSaver
+    prepared: PreparedWrites
+
+    @property
+    def key(self) -> Key:
+        return (self.prepared.thread_id, self.prepared.checkpoint_ns)
+
+    @property
+    def checkpoint_id(self) -> str:
+        return self.prepared.checkpoint_id
+
+    async def store(self, also: Sequence[Statement]) -> None:
+        await self.saver.durable.write_writes(self.prepared, also)
+
+    async def stage(self, token: str, commits: Sequence[str]) -> None:
+        await self.saver.guard.call(
+            lambda: self.saver.hot.put_writes(self.prepared, token, commits)
+        )
+
+
+class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
+    """Checkpoint saver with a Redis hot tier in front of a lock-free Postgres saver."""
+
+    def __init__(
+        self,
+        durable: DurablePostgresSaver,
+        hot: HotTier,
+        *,
+        redis_retry_seconds: float = 1.0,
+    ) -> None:
+        super().__init__(serde=durable.serde)
+        self.durable = durable
+        self.hot = hot
+        self.loop = asyncio.get_running_loop()
+        self.journal = InvalidationJournal(durable, self._invalidate_in_redis)
+        self.guard = RedisGuard(hot.timeout_seconds, redis_retry_seconds, self._redis_down)
+        self.staged = StagedCommits(self._commit_in_redis)
+        self._tasks = BackgroundTasks()  # invalidations that nobody waits for
+
+    @classmethod
+    @asynccontextmanager
+    async def from_conn_string(
+        cls,
+        postgres_url: str,
+        redis_url: str,
+        *,
+        serde: SerializerProtocol | None = None,
+        pool_size: int = 10,
+        pool_timeout_seconds: float = 10.0,
+        hot_ttl_seconds: float = 3600,
+        redis_timeout_seconds: float = 0.1,
+        redis_retry_seconds: float = 1.0,
+        key_prefix: str | None = None,
+        history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES,
+        setup: bool = True,
+    ) -> AsyncIterator[TieredSaver]:
+        """A ready saver owning its Postgres pool and Redis client for the context.
+
+        Redis keys start with `key_prefix`, by default one derived from the database (see
+        `schema.deployment_key_prefix`), so deployments sharing a Redis stay apart. One extra
+        Postgres connection LISTENs for other replicas' invalidations.
+        """
+        async with DurablePostgresSaver.from_conn_string(
+            postgres_url,
+            pool_size=pool_size,
+            pool_timeout_seconds=pool_timeout_seconds,
+            serde=serde,
+            history_cache_bytes=history_cache_bytes,
+            setup=False,
+        ) as durable:
+            if setup:
+                await migrate(durable)
+            hot = HotTier.from_url(
+                redis_url,
+                durable.serde,
+                ttl_seconds=hot_ttl_seconds,
+                timeout_seconds=redis_timeout_seconds,
+                prefix=key_prefix or await deployment_key_prefix(durable),
+            )
+            saver = cls(durable, hot, redis_retry_seconds=redis_retry_seconds)
+            try:
+                saver.follow_journal(postgres_url)
+                yield saver
+            finally:
+                await saver.aclose()
+
+    async def setup(self) -> None:
+        """Stock checkpoint tables and migrations, the invalidation journal and the
+        deployment id."""
+        await migrate(self.durable)
+
+    def follow_journal(self, postgres_url: str) -> None:
+        """Listen for other replicas' invalidations (NOTIFY) for as long as the saver lives."""
+        self.journal.follow(postgres_url)
+
+    async def aclose(self) -> None:
+        await self.staged.aclose()
+        for owner in (self._tasks, self.journal, self.guard):
+            await owner.aclose()
+        await self.hot.aclose()
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        return self.durable.get_next_version(current, channel)
+
+    # ------------------------------------------------------------ Redis, guarded
+
+    def _redis_down(self) -> None:
+        self.journal.stale = True  # reload it before Redis is used again
+
+    async def _hot_ready(self, key: Key) -> bool:
+        """Whether Redis may be used for this entry now (repairing it first if needed)."""
+        return self.guard.available and await self.journal.ready(key, lambda: self.guard.available)
+
+    async def _invalidate_in_redis(self, key: Key, below: str) -> bool:
+        thread_id, checkpoint_ns = key
+        try:
+            if checkpoint_ns == WHOLE_THREAD:
+                await self.guard.call(lambda: self.hot.invalidate_thread(thread_id))
+            else:
+                await self.guard.call(
+                    lambda: self.hot.invalidate(thread_id, checkpoint_ns, below=below or None)
+                )
+        except REDIS_FAULTS as exc:
+            self.guard.failed(exc)
+            return False
+        return True
+
+    async def _commit_in_redis(self, key: Key, tokens: Sequence[str]) -> bool:
+        if not self.guard.available:
+            return False
+        try:
+            await self.guard.call(lambda: self.hot.commit(*key, tokens))
+        except REDIS_FAULTS as exc:
+            self.guard.failed(exc)
+            return False
+        return True
+
+    async def _invalidate_quietly(self, key: Key, below: str) -> None:
+        try:
+            await self.guard.call(lambda: self.hot.invalidate(*key, below=below))
+        except REDIS_FAULTS as exc:
+            self.guard.failed(exc)
+
+    async def _invalidate_after_change(self, key: Key, *, reset_floor: bool) -> None:
+        """Invalidate after a destructive Postgres change, or journal it for later."""
+        thread_id, checkpoint_ns = key
+        if await self._hot_ready(key):
+            try:
+                if checkpoint_ns == WHOLE_THREAD:
+                    await self.guard.call(
+                        lambda: self.hot.invalidate_thread(thread_id, reset_floor=reset_floor)
+                    )
+                else:
+                    await self.guard.call(
+                        lambda: self.hot.invalidate(
+                            thread_id, checkpoint_ns, reset_floor=reset_floor
+                        )
+                    )
+                return
+            except REDIS_FAULTS as exc:
+                self.guard.failed(exc)
+        await self.journal.record(key, ANY_CHECKPOINT)
+
+    # ---------------------------------------------------------------------- reads
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        if get_checkpoint_id(config):
+            return await self.durable.aget_tuple(config)
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        checkpoint_ns = configurable.get("checkpoint_ns", "")
+        key = (thread_id, checkpoint_ns)
+        gen: str | None = None
+        if await self._hot_ready(key):
+            commits = self.staged.take(key)
+            known = self.durable.delta_histories.newest(thread_id, checkpoint_ns)
+            try:
+                found = await self.guard.call(
+                    lambda: self.hot.read(thread_id, checkpoint_ns, commits, known)
+                )
+            except REDIS_FAULTS as exc:
+                self.staged.keep(key, commits)
+                self.guard.failed(exc)
+            else:
+                if found.record is not None:
+                    self._remember_histories(found.record, found.histories)
+                    return self.durable.to_tuple(found.record)
+                if found.abandoned:  # its writer died: start afresh
+                    self._tasks.spawn(self._invalidate_quietly(key, ANY_CHECKPOINT))
+                if not found.pending:
+                    gen = found.gen
+        record = await self.durable.fetch_record(thread_id, checkpoint_ns, None)
+        if record is None:
+            return None
+        if gen is not None and record.skeleton.get("v", 0) >= 4:
+            histories = await self._histories_to_warm(record)
+            try:
+                await self.hot.warm(record, gen, histories, through=self.guard.call)
+            except REDIS_FAULTS as exc:
+                self.guard.failed(exc)
+        return self.durable.to_tuple(record)
+
+    def _remember_histories(
+        self, record: CheckpointRecord, histories: Mapping[str, HotHistory]
+    ) -> None:
+        """Cache the delta histories Redis sent with a checkpoint, so that reading its state
+        (`aget_delta_channel_history`, next) needs no Postgres query."""
+        cache = self.durable.delta_histories
+        loads = self.serde.loads_typed
+        thread_id, checkpoint_ns = record.thread_id, record.checkpoint_ns
+        for channel, hot in histories.items():
+            writes = [
+                (task_id, ch, loads((type_tag, blob))) for task_id, ch, type_tag, blob in hot.writes
+            ]
+            history: DeltaChannelHistory
+            weight: int | None = None
+            if hot.since is None:
+                history = {"writes": writes}
+                if hot.seed is not None:
+                    history["seed"] = loads(hot.seed)
+            else:
+                base_key = (thread_id, checkpoint_ns, hot.since, channel)
+                base = cache.get(base_key)
+                if base is None:
+                    continue  # evicted meanwhile: Postgres answers instead
+                history = {**base, "writes": [*base["writes"], *writes]}
+                if (base_weight := cache.weight_of(base_key)) is not None:
+                    weight = base_weight + sum(stored_bytes_in_memory(w[3]) for w in hot.writes)
+            cache.put((thread_id, checkpoint_ns, record.checkpoint_id, channel), history, weight)
+            if hot.since not in (None, record.checkpoint_id):
+                cache.discard((thread_id, checkpoint_ns, hot.since, channel))
+
+    async def _histories_to_warm(
+        self, record: CheckpointRecord
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """The delta histories a checkpoint read from Postgres needs, to warm Redis with.
+
+        Its state is about to be read, which needs them anyway: they are cached for that."""
+        channels = history_channels(
+            record.metadata, {**record.skeleton["channel_values"], **record.blobs}
+        )
+        if not channels:
+            return {}
+        config: RunnableConfig = {
+            "configurable": {
+                "thread_id": record.thread_id,
+                "checkpoint_ns": record.checkpoint_ns,
+                "checkpoint_id": record.checkpoint_id,
+            }
+        }
+        return await self.durable.aget_delta_channel_history(config=config, channels=channels)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        async for found in self.durable.alist(config, filter=filter, before=before, limit=limit):
+            yield found
+
+    async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
+        return await self.durable.aget_receipt(thread_id, name)
+
+    async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
+        return await self.durable.aget_thread_record(thread_key)
+
+    async def alist_thread_records(
+        self,
+        tenant: str,
+        user_id: str | None,
+        limit: int,
+        after: tuple[float, str] | None = None,
+    ) -> list[ThreadRecord]:
+        return await self.durable.alist_thread_records(tenant, user_id, limit, after)
+
+    async def aupdate_thread_record(
+        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+    ) -> ThreadRecord | None:
+        return await self.durable.aupdate_thread_record(thread_key, title=title, metadata=metadata)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return await self.durable.aget_delta_channel_history(config=config, channels=channels)
+
+    # --------------------------------------------------------------------- writes
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        prepared = self.durable.prepare_put(config, checkpoint, metadata, new_versions)
+        await self._write(CheckpointWrite(self, prepared))
+        await self.durable.settle_snapshots(prepared)
+        return prepared.next_config
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        prepared = self.durable.prepare_writes(config, writes, task_id, task_path)
+        await self._write(PendingWrites(self, prepared))
+
+    async def _write(self, write: TierWrite) -> None:
+        """Postgres and a staged Redis copy at once; commit the copy only if Postgres has it.
+
+        With Redis out, Postgres alone, journalling the entry as suspect in the same
+        transaction.
+        """
+        key = write.key
+        if not await self._hot_ready(key):
+            await write.store(self.journal.statements(key, write.checkpoint_id))
+            self.journal.suspect(key, write.checkpoint_id)
+            return
+        token = os.urandom(8).hex()
+        commits = self.staged.take(key)
+        staging = asyncio.ensure_future(write.stage(token, commits))
+        try:
+            await write.store(())
+        except BaseException:
+            staging.cancel()  # if it got through, it stays pending: never served
+            with suppress(asyncio.CancelledError, *REDIS_FAULTS):
+                await staging
+            self.staged.keep(key, commits)
+            self._tasks.spawn(self._invalidate_quietly(key, write.checkpoint_id))
+            raise
+        try:
+            await staging
+        except REDIS_FAULTS as exc:
+            self.staged.keep(key, commits)
+            self.guard.failed(exc)
+            await self.journal.record(key, write.checkpoint_id)
+            return
+        self.staged.durable(key, token)
+
+    # ------------------------------------------------------------------ deletion
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self.durable.adelete_thread(thread_id)
+        await self._invalidate_after_change((str(thread_id), WHOLE_THREAD), reset_floor=False)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        for key in sorted(await self.durable.delete_runs(run_ids)):
+            await self._invalidate_after_change(key, reset_floor=True)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self.durable.acopy_thread(source_thread_id, target_thread_id)
+        await self._invalidate_after_change((str(target_thread_id), WHOLE_THREAD), reset_floor=True)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self.durable.aprune(thread_ids, strategy=strategy)
+        for thread_id in thread_ids:
+            await self._invalidate_after_change((str(thread_id), WHOLE_THREAD), reset_floor=False)
