@@ -19,7 +19,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 
 from bench.common import bench_services
 from threadline.checkpointers.durable import DurablePostgresSaver
-from threadline.checkpointers.records import ThreadRecord, record_metadata
+from threadline.checkpointers.records import RecordQuery, ThreadRecord, record_metadata
 
 
 async def fill(saver: DurablePostgresSaver, tenant: str, threads: int) -> None:
@@ -36,7 +36,7 @@ async def timed_page(
     times = []
     for _ in range(20):
         started = time.perf_counter()
-        await saver.alist_thread_records("a", None, page + 1, after)
+        await saver.alist_thread_records(RecordQuery("a", None, page + 1, after))
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
 
@@ -49,7 +49,8 @@ async def main(threads: int, page: int) -> None:
             print(f"stored {2 * threads} records in {time.perf_counter() - started:.1f} s")
             cursors: list[tuple[float, str] | None] = [None]
             while True:
-                records = await saver.alist_thread_records("a", None, page + 1, cursors[-1])
+                query = RecordQuery("a", None, page + 1, cursors[-1])
+                records = await saver.alist_thread_records(query)
                 if len(records) <= page:
                     break
                 cursors.append(records[page - 1].position)

@@ -172,12 +172,12 @@ def threads_list(
     from datetime import UTC, datetime
 
     from threadline.checkpointers import open_checkpointer
-    from threadline.checkpointers.records import KeepsThreadRecords, ThreadRecord
+    from threadline.checkpointers.records import KeepsThreadRecords, RecordQuery, ThreadRecord
 
     async def main() -> list[ThreadRecord]:
         async with open_checkpointer(settings) as saver:
             assert isinstance(saver, KeepsThreadRecords)
-            return await saver.alist_thread_records(tenant or "", user, limit)
+            return await saver.alist_thread_records(RecordQuery(tenant or "", user, limit))
 
     def when(seconds: float) -> str:
         return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -61,7 +61,13 @@ from threadline.checkpointers.delta import (
 )
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
-from threadline.checkpointers.records import RECORD_COLUMNS, ThreadRecord, listing_sql, record_in
+from threadline.checkpointers.records import (
+    RECORD_COLUMNS,
+    RecordQuery,
+    ThreadRecord,
+    listing_sql,
+    record_in,
+)
 from threadline.checkpointers.rows import (
     BlobRow,
     CheckpointRecord,
@@ -238,14 +244,8 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             row = await cur.fetchone()
         return ThreadRecord(**row) if row else None
 
-    async def alist_thread_records(
-        self,
-        tenant: str,
-        user_id: str | None,
-        limit: int,
-        after: tuple[float, str] | None = None,
-    ) -> list[ThreadRecord]:
-        sql, params = listing_sql("%s", tenant, user_id, limit, after)
+    async def alist_thread_records(self, query: RecordQuery) -> list[ThreadRecord]:
+        sql, params = listing_sql("%s", query)
         async with self.cursor() as cur:
             await cur.execute(sql, params)
             return [ThreadRecord(**row) for row in await cur.fetchall()]

@@ -9,7 +9,14 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.memory import InMemorySaver
 
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
-from threadline.checkpointers.records import ThreadRecord, listed, merged, patched, record_in
+from threadline.checkpointers.records import (
+    RecordQuery,
+    ThreadRecord,
+    listed,
+    merged,
+    patched,
+    record_in,
+)
 
 
 class MemorySaver(InMemorySaver):
@@ -51,14 +58,8 @@ class MemorySaver(InMemorySaver):
     async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
         return self.records.get(thread_key)
 
-    async def alist_thread_records(
-        self,
-        tenant: str,
-        user_id: str | None,
-        limit: int,
-        after: tuple[float, str] | None = None,
-    ) -> list[ThreadRecord]:
-        return listed(list(self.records.values()), tenant, user_id, limit, after)
+    async def alist_thread_records(self, query: RecordQuery) -> list[ThreadRecord]:
+        return listed(list(self.records.values()), query)
 
     async def aupdate_thread_record(
         self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None

@@ -46,19 +46,22 @@ class ThreadRecord:
         return cls(**json.loads(text))
 
 
+@dataclass(frozen=True)
+class RecordQuery:
+    """One page of a listing: `tenant`'s records (only `user_id`'s if given), newest first,
+    at most `limit`, after the `position` of the previous page's last record."""
+
+    tenant: str
+    user_id: str | None = None
+    limit: int = 20
+    after: tuple[float, str] | None = None
+
+
 @runtime_checkable
 class KeepsThreadRecords(Protocol):
     async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None: ...
 
-    async def alist_thread_records(
-        self,
-        tenant: str,
-        user_id: str | None,
-        limit: int,
-        after: tuple[float, str] | None = None,
-    ) -> list[ThreadRecord]:
-        """Up to `limit` records of `tenant` (and `user_id`), newest first, after `after`."""
-        ...
+    async def alist_thread_records(self, query: RecordQuery) -> list[ThreadRecord]: ...
 
     async def aupdate_thread_record(
         self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
@@ -91,22 +94,16 @@ def merged(old: ThreadRecord | None, new: ThreadRecord) -> ThreadRecord:
     )
 
 
-def listed(
-    records: list[ThreadRecord],
-    tenant: str,
-    user_id: str | None,
-    limit: int,
-    after: tuple[float, str] | None,
-) -> list[ThreadRecord]:
+def listed(records: list[ThreadRecord], query: RecordQuery) -> list[ThreadRecord]:
     """The page of `records` a listing returns (for stores without an index)."""
     chosen = [
         r
         for r in records
-        if r.tenant == tenant
-        and (user_id is None or r.user_id == user_id)
-        and (after is None or r.position < after)
+        if r.tenant == query.tenant
+        and (query.user_id is None or r.user_id == query.user_id)
+        and (query.after is None or r.position < query.after)
     ]
-    return sorted(chosen, key=lambda r: r.position, reverse=True)[:limit]
+    return sorted(chosen, key=lambda r: r.position, reverse=True)[: query.limit]
 
 
 def patched(
@@ -119,24 +116,18 @@ def patched(
     return dataclasses.replace(record, **changes)
 
 
-def listing_sql(
-    placeholder: str,
-    tenant: str,
-    user_id: str | None,
-    limit: int,
-    after: tuple[float, str] | None,
-) -> tuple[str, list[Any]]:
+def listing_sql(placeholder: str, query: RecordQuery) -> tuple[str, list[Any]]:
     """The keyset query of one page of records, for SQL stores (`%s` or `?` placeholders)."""
     where = [f"tenant = {placeholder}"]
-    params: list[Any] = [tenant]
-    if user_id is not None:
+    params: list[Any] = [query.tenant]
+    if query.user_id is not None:
         where.append(f"user_id = {placeholder}")
-        params.append(user_id)
-    if after is not None:
+        params.append(query.user_id)
+    if query.after is not None:
         where.append(f"(updated_at, thread_key) < ({placeholder}, {placeholder})")
-        params.extend(after)
+        params.extend(query.after)
     sql = (
         f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE {' AND '.join(where)} "
         f"ORDER BY updated_at DESC, thread_key DESC LIMIT {placeholder}"
     )
-    return sql, [*params, limit]
+    return sql, [*params, query.limit]

@@ -20,7 +20,7 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
-from threadline.checkpointers.records import ThreadRecord, merged, patched, record_in
+from threadline.checkpointers.records import RecordQuery, ThreadRecord, merged, patched, record_in
 
 NEWEST_FIRST_BASE = 10**17  # above any Unix time in microseconds
 
@@ -95,16 +95,11 @@ class RedisSaver(AsyncRedisSaver):
         value = await self._redis.get(record_key(thread_key))
         return ThreadRecord.from_json(value) if value is not None else None
 
-    async def alist_thread_records(
-        self,
-        tenant: str,
-        user_id: str | None,
-        limit: int,
-        after: tuple[float, str] | None = None,
-    ) -> list[ThreadRecord]:
-        probe = ThreadRecord("", tenant, "", user_id, "", 0, 0, 0)
-        start = f"({index_member(after)}" if after is not None else "-"
-        members = await self._redis.zrangebylex(index_keys(probe)[-1], start, "+", 0, limit)
+    async def alist_thread_records(self, query: RecordQuery) -> list[ThreadRecord]:
+        probe = ThreadRecord("", query.tenant, "", query.user_id, "", 0, 0, 0)
+        start = f"({index_member(query.after)}" if query.after is not None else "-"
+        index = index_keys(probe)[-1]
+        members = await self._redis.zrangebylex(index, start, "+", 0, query.limit)
         thread_keys = [
             (m.decode() if isinstance(m, bytes) else m).split("|", 1)[1] for m in members
         ]

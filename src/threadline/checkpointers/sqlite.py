@@ -14,7 +14,7 @@ from typing import Any
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from threadline.checkpointers.receipts import Receipt, live
-from threadline.checkpointers.records import RECORD_COLUMNS, ThreadRecord, listing_sql
+from threadline.checkpointers.records import RECORD_COLUMNS, RecordQuery, ThreadRecord, listing_sql
 
 SCHEMA = "\n".join(
     resources.files(__package__).joinpath(f"sql/{name}").read_text()
@@ -67,14 +67,8 @@ class SqliteSaver(AsyncSqliteSaver):
         rows = await self._fetch(SELECT_RECORD_SQL, (thread_key,))
         return _record(rows[0]) if rows else None
 
-    async def alist_thread_records(
-        self,
-        tenant: str,
-        user_id: str | None,
-        limit: int,
-        after: tuple[float, str] | None = None,
-    ) -> list[ThreadRecord]:
-        sql, params = listing_sql("?", tenant, user_id, limit, after)
+    async def alist_thread_records(self, query: RecordQuery) -> list[ThreadRecord]:
+        sql, params = listing_sql("?", query)
         return [_record(row) for row in await self._fetch(sql, tuple(params))]
 
     async def aupdate_thread_record(

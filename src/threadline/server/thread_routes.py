@@ -18,9 +18,10 @@ from fastapi.responses import StreamingResponse
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.types import StateSnapshot
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from threadline.checkpointers.records import ThreadRecord
+from threadline.checkpointers.records import RecordQuery, ThreadRecord
 from threadline.server.admission import Admission, hold_threads
 from threadline.server.auth import require_tenant
 from threadline.server.export import MEDIA_TYPES, ExportFormat, export_lines
@@ -176,6 +177,17 @@ async def _owned_record(
     return record
 
 
+async def _owned_thread(
+    runner: TurnRunner, tenant: str | None, user: str | None, thread_id: str
+) -> tuple[ThreadRecord | None, StateSnapshot]:
+    """The thread's record and latest state; 404 if it has none or another owner."""
+    record = await _owned_record(runner, tenant, user, thread_id)
+    snapshot = await runner.graph.aget_state(_config(tenant, thread_id))
+    if snapshot.created_at is None:
+        raise _not_found(thread_id)
+    return record, snapshot
+
+
 @router.get("", response_model=ThreadListOut)
 async def list_threads(
     tenant: Tenant,
@@ -193,9 +205,8 @@ async def list_threads(
     named = one_of("user_id", user_id, user, USER_HEADER)
     owner = validate_user_id(named) if named is not None else None
     after = _decode_cursor(cursor) if cursor is not None else None
-    records = await records_of(_runner(request).graph.checkpointer).alist_thread_records(
-        tenant or "", owner, limit + 1, after
-    )
+    query = RecordQuery(tenant or "", owner, limit + 1, after)
+    records = await records_of(_runner(request).graph.checkpointer).alist_thread_records(query)
     next_cursor = _encode_cursor(records[limit - 1].position) if len(records) > limit else None
     return ThreadListOut(
         threads=[RecordOut.of(r) for r in records[:limit]], next_cursor=next_cursor
@@ -240,11 +251,7 @@ async def get_thread(
     thread_id: ThreadId, tenant: Tenant, user: User, request: Request
 ) -> ThreadOut:
     """The thread's record, transcript, running summary and last budget telemetry."""
-    runner = _runner(request)
-    record = await _owned_record(runner, tenant, user, thread_id)
-    snapshot = await runner.graph.aget_state(_config(tenant, thread_id))
-    if snapshot.created_at is None:
-        raise _not_found(thread_id)
+    record, snapshot = await _owned_thread(_runner(request), tenant, user, thread_id)
     values = snapshot.values
     return ThreadOut(
         thread_id=thread_id,
@@ -323,11 +330,7 @@ async def export_thread(
     format: Annotated[ExportFormat, Query(description="`jsonl` or `markdown`.")] = "jsonl",
 ) -> StreamingResponse:
     """The whole thread to download: record, running summary and every message."""
-    runner = _runner(request)
-    record = await _owned_record(runner, tenant, user, thread_id)
-    snapshot = await runner.graph.aget_state(_config(tenant, thread_id))
-    if snapshot.created_at is None:
-        raise _not_found(thread_id)
+    record, snapshot = await _owned_thread(_runner(request), tenant, user, thread_id)
     shown = RecordOut.of(record).model_dump() if record else {"thread_id": thread_id}
     extension = "jsonl" if format == "jsonl" else "md"
     return StreamingResponse(

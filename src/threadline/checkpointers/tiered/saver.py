@@ -37,7 +37,7 @@ from threadline.checkpointers.durable import DEFAULT_HISTORY_CACHE_BYTES, Durabl
 from threadline.checkpointers.hot import HotHistory, HotTier, history_channels
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.receipts import Receipt
-from threadline.checkpointers.records import ThreadRecord
+from threadline.checkpointers.records import RecordQuery, ThreadRecord
 from threadline.checkpointers.rows import (
     CheckpointRecord,
     PreparedCheckpoint,
@@ -73,9 +73,11 @@ class TierWrite(Protocol):
 
 
 @dataclass
-class CheckpointWrite:
+class _Prepared:
+    """Where a prepared write goes: the entry (thread, namespace) and its checkpoint."""
+
     saver: TieredSaver
-    prepared: PreparedCheckpoint
+    prepared: PreparedCheckpoint | PreparedWrites
 
     @property
     def key(self) -> Key:
@@ -84,6 +86,11 @@ class CheckpointWrite:
     @property
     def checkpoint_id(self) -> str:
         return self.prepared.checkpoint_id
+
+
+@dataclass
+class CheckpointWrite(_Prepared):
+    prepared: PreparedCheckpoint
 
     async def store(self, also: Sequence[Statement]) -> None:
         await self.saver.durable.write_checkpoint(self.prepared, also)
@@ -93,25 +100,15 @@ class CheckpointWrite:
 
 
 @dataclass
-class PendingWrites:
-    saver: TieredSaver
+class PendingWrites(_Prepared):
     prepared: PreparedWrites
-
-    @property
-    def key(self) -> Key:
-        return (self.prepared.thread_id, self.prepared.checkpoint_ns)
-
-    @property
-    def checkpoint_id(self) -> str:
-        return self.prepared.checkpoint_id
 
     async def store(self, also: Sequence[Statement]) -> None:
         await self.saver.durable.write_writes(self.prepared, also)
 
     async def stage(self, token: str, commits: Sequence[str]) -> None:
-        await self.saver.guard.call(
-            lambda: self.saver.hot.put_writes(self.prepared, token, commits)
-        )
+        hot, prepared = self.saver.hot, self.prepared
+        await self.saver.guard.call(lambda: hot.put_writes(prepared, token, commits))
 
 
 class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
@@ -363,14 +360,8 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
     async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
         return await self.durable.aget_thread_record(thread_key)
 
-    async def alist_thread_records(
-        self,
-        tenant: str,
-        user_id: str | None,
-        limit: int,
-        after: tuple[float, str] | None = None,
-    ) -> list[ThreadRecord]:
-        return await self.durable.alist_thread_records(tenant, user_id, limit, after)
+    async def alist_thread_records(self, query: RecordQuery) -> list[ThreadRecord]:
+        return await self.durable.alist_thread_records(query)
 
     async def aupdate_thread_record(
         self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
