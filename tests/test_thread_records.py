@@ -173,3 +173,23 @@ async def test_a_thread_exports_whole_as_jsonl_and_markdown(served: Any) -> None
     assert markdown.text.startswith("# pack the tent")
     assert "**human**: and the stove" in markdown.text
     assert (hidden.status_code, bad.status_code) == (404, 422)
+
+
+async def test_listings_and_owners_stay_inside_their_tenant(served: Any) -> None:
+    """The same user id in two tenants is two users; a tenant lists only its own threads."""
+    alpha = {"Authorization": "Bearer key-a", "X-User-Id": "ada"}
+    beta = {"Authorization": "Bearer key-b", "X-User-Id": "ada"}
+    async with served("postgres", api_keys="key-a:alpha,key-b:beta") as client:
+        for headers, thread in ((alpha, "plans"), (beta, "plans"), (beta, "other")):
+            response = await client.post(
+                "/agent/invoke",
+                json=turn(thread, f"{thread} of {headers['Authorization']}"),
+                headers=headers,
+            )
+            assert response.status_code == 200, response.text
+        listed_a = (await client.get("/threads", headers=alpha)).json()["threads"]
+        listed_b = (await client.get("/threads", params={"user_id": "ada"}, headers=beta)).json()
+        plans_a = (await client.get("/threads/plans", headers=alpha)).json()
+    assert [r["thread_id"] for r in listed_a] == ["plans"]
+    assert [r["thread_id"] for r in listed_b["threads"]] == ["other", "plans"]
+    assert plans_a["record"]["title"] == "plans of Bearer key-a"
