@@ -37,9 +37,9 @@ from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from bench.common import BenchServices, bench_services, median, render_table
+from threadline.assembly import make_graph
 from threadline.checkpointers import open_checkpointer
 from threadline.checkpointers.durable import open_pool
-from threadline.graph import make_graph
 from threadline.graph.models import OfflineChatModel
 from threadline.settings import Settings
 

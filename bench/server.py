@@ -40,9 +40,9 @@ import httpx
 from langchain_core.messages import HumanMessage
 
 from bench.common import BenchServices, bench_services, render_table
+from threadline.assembly import make_graph
 from threadline.checkpointers import open_checkpointer
 from threadline.dev.services import free_port
-from threadline.graph import make_graph
 from threadline.server.locks import open_turn_locks
 from threadline.server.turns import TurnRunner
 from threadline.settings import Settings

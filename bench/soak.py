@@ -20,8 +20,8 @@ from pathlib import Path
 from langchain_core.messages import HumanMessage
 
 from bench.common import bench_services
+from threadline.assembly import make_graph
 from threadline.checkpointers import open_checkpointer
-from threadline.graph import make_graph
 from threadline.server.turns import TurnRunner
 from threadline.settings import Settings
 

@@ -20,7 +20,8 @@ from langgraph.graph.state import CompiledStateGraph
 
 from tests.fixtures.memory import is_summary_request, request_tokens
 from tests.fixtures.openai_stub import OpenAIStub, RecordedRequest, Reply
-from threadline.graph import MemoryPolicy, make_graph
+from threadline.assembly import make_graph
+from threadline.graph import MemoryPolicy
 
 BUDGET = 1000
 

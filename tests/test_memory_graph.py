@@ -18,12 +18,8 @@ from langgraph.graph.state import CompiledStateGraph
 
 from tests.fixtures.memory import is_summary_request, request_tokens
 from tests.fixtures.openai_stub import OpenAIStub, RecordedRequest, Reply
-from threadline.graph import (
-    BudgetTooSmallError,
-    InvalidOverrideError,
-    MemoryPolicy,
-    make_graph,
-)
+from threadline.assembly import make_graph
+from threadline.graph import BudgetTooSmallError, InvalidOverrideError, MemoryPolicy
 from threadline.graph.prompts import MISSING_TOOL_RESULT
 
 CUT = "characters cut to fit the context budget"

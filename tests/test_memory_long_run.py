@@ -24,7 +24,8 @@ from tests.fixtures.memory import (
     wire_message_tokens,
 )
 from tests.fixtures.openai_stub import OpenAIStub, RecordedRequest, Reply
-from threadline.graph import MemoryPolicy, make_graph
+from threadline.assembly import make_graph
+from threadline.graph import MemoryPolicy
 
 TURNS = 300
 BUDGET = 4000

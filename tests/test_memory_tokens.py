@@ -20,7 +20,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from tests.fixtures.memory import wire_message_tokens
 from tests.fixtures.openai_stub import OpenAIStub
-from threadline.graph import MemoryPolicy, make_graph
+from threadline.assembly import make_graph
+from threadline.graph import MemoryPolicy
 from threadline.graph.memory import build_view
 from threadline.graph.tokens import (
     install_offline_encodings,

@@ -16,8 +16,8 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from tests.fixtures.openai_stub import OpenAIStub
+from threadline.assembly import make_graph
 from threadline.checkpointers import open_checkpointer
-from threadline.graph import make_graph
 from threadline.settings import Settings
 
 FACTS = [

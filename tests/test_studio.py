@@ -32,9 +32,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.fixtures.openai_stub import OpenAIStub
+from threadline.assembly import make_graph
 from threadline.checkpointers import open_checkpointer
 from threadline.dev.services import free_port
-from threadline.graph import make_graph
 from threadline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -208,7 +208,7 @@ async def test_subgraph_without_persistent_compile_forgets_its_summary_each_turn
 ) -> None:
     """Why `make_subgraph` compiles with `checkpointer=True`: otherwise each turn starts over."""
     config = {"configurable": {"thread_id": "parent-plain"}}
-    from threadline.graph import make_graph
+    from threadline.assembly import make_graph
 
     async with backend.open() as saver:
         builder = StateGraph(MessagesState)

@@ -107,8 +107,8 @@ def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to cont
     """Talk to the agent in the terminal; the thread continues across runs. Ctrl-D quits."""
     settings = load_settings()  # before importing the graph, which reads settings too
     config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
+    from threadline.assembly import make_graph
     from threadline.checkpointers import open_checkpointer
-    from threadline.graph import make_graph
 
     interactive = sys.stdin.isatty()
 
@@ -140,8 +140,8 @@ def threads_show(thread_id: Annotated[str, typer.Argument(help="The thread to pr
     """Print a thread's transcript, running summary and last budget telemetry."""
     settings = load_settings(model=False)
     config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
+    from threadline.assembly import make_graph
     from threadline.checkpointers import open_checkpointer
-    from threadline.graph import make_graph
 
     async def main() -> dict[str, Any]:
         async with open_checkpointer(settings) as saver:
@@ -201,9 +201,9 @@ def threads_export(
     settings = load_settings(model=False)
     from dataclasses import asdict
 
+    from threadline.assembly import make_graph
     from threadline.checkpointers import open_checkpointer
     from threadline.checkpointers.records import KeepsThreadRecords
-    from threadline.graph import make_graph
     from threadline.server.export import export_lines
     from threadline.server.threads import scoped_thread_key
 

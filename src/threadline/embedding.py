@@ -19,8 +19,9 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.graph.state import CompiledStateGraph
 
+from threadline.assembly import agent_builder
 from threadline.compat import NS_SEP, RunnableCallable
-from threadline.graph.agent import GRAPH_NAME, build_graph
+from threadline.graph.agent import GRAPH_NAME
 from threadline.graph.context import Context, MemoryPolicy
 from threadline.graph.state import InputState, ThreadState
 from threadline.settings import Settings
@@ -43,7 +44,7 @@ def make_subgraph(
     Add it as a node of a `MessagesState` parent (pattern a), or call it from a wrapper node
     (pattern b, `wrapper_node`). The parent must be compiled with a checkpointer.
     """
-    builder = build_graph(settings, model=model, policy=policy, tools=tools)
+    builder = agent_builder(settings, model=model, policy=policy, tools=tools)
     return builder.compile(checkpointer=True, name=name)
 
 

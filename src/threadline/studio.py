@@ -17,8 +17,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
+from threadline.assembly import make_graph
 from threadline.checkpointers import open_checkpointer
-from threadline.graph import make_graph
 from threadline.server import create_app
 from threadline.settings import Settings
 

@@ -1,9 +1,9 @@
 """The agent graph, its state and its memory policy. Knows nothing of HTTP or storage."""
 
-from threadline.graph.agent import build_graph, make_graph
+from threadline.graph.agent import build_graph
 from threadline.graph.context import Context, InvalidOverrideError, MemoryPolicy
 from threadline.graph.memory import BudgetTooSmallError
-from threadline.graph.models import OfflineChatModel, make_chat_model
+from threadline.graph.models import OfflineChatModel
 from threadline.graph.state import BudgetTelemetry, InputState, ThreadState
 
 __all__ = [
@@ -16,6 +16,4 @@ __all__ = [
     "OfflineChatModel",
     "ThreadState",
     "build_graph",
-    "make_chat_model",
-    "make_graph",
 ]

@@ -1,9 +1,9 @@
 """The agent graph: START → trim_or_summarize → model → END (plus an optional tool loop).
 
-`build_graph` returns the uncompiled `StateGraph` for embedding and customising; `make_graph`
-compiles it with whatever checkpointer the caller injects (the graph knows no storage). Importing
-this package reads no settings: the composition roots (CLI, server, `threadline.studio`, which
-exports the graph `langgraph.json` loads) pass them in.
+`build_graph` returns the uncompiled `StateGraph` over the dependencies it is given (model,
+memory policy, token counter, tools); the caller compiles it with whatever checkpointer it
+injects (the graph knows no storage) and turns settings into dependencies
+(`threadline.assembly`): the graph reads no settings.
 """
 
 from __future__ import annotations
@@ -12,52 +12,30 @@ from collections.abc import Callable, Sequence
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import BaseTool
-from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from threadline.compat import RunnableCallable
 from threadline.graph.context import Context, MemoryPolicy
-from threadline.graph.models import make_chat_model
 from threadline.graph.nodes import AgentNodes
 from threadline.graph.state import InputState, ThreadState
-from threadline.graph.tokens import make_token_counter
-from threadline.settings import Settings
+from threadline.graph.tokens import TokenCounter
 
 GRAPH_NAME = "threadline"
 
 
 def build_graph(
-    settings: Settings | None = None,
     *,
-    model: BaseChatModel | Callable[[], BaseChatModel] | None = None,
-    policy: MemoryPolicy | None = None,
+    model: BaseChatModel | Callable[[], BaseChatModel],
+    policy: MemoryPolicy,
+    counter: TokenCounter,
     tools: Sequence[BaseTool] = (),
 ) -> StateGraph[ThreadState, Context, InputState, ThreadState]:
-    """The uncompiled agent. Without arguments, model and budget come from `Settings()`.
-
-    `model` may be a chat model or a zero-argument factory; either way it is only created when
-    the first turn needs it.
-    """
-    settings = settings or Settings.from_env()
-    model_factory: Callable[[], BaseChatModel]
-    if model is None:
-        model_factory = lambda: make_chat_model(settings)  # noqa: E731
-    elif isinstance(model, BaseChatModel):
-        model_factory = lambda: model  # noqa: E731
-    else:
-        model_factory = model
-    # Count with the given model's own tokenizer when it names one.
-    model_name = getattr(model, "model_name", None)
+    """The uncompiled agent over its dependencies (`threadline.assembly` builds them from
+    settings). `model` may be a chat model or a zero-argument factory, created on first use."""
+    model_factory = (lambda: model) if isinstance(model, BaseChatModel) else model
     nodes = AgentNodes(
-        policy=policy or MemoryPolicy.from_settings(settings),
-        counter=make_token_counter(
-            model_name if isinstance(model_name, str) else settings.model_name,
-            settings.token_counter,
-        ),
-        model_factory=model_factory,
-        tools=tuple(tools),
+        policy=policy, counter=counter, model_factory=model_factory, tools=tuple(tools)
     )
     builder = StateGraph(ThreadState, context_schema=Context, input_schema=InputState)
     builder.add_node(
@@ -74,16 +52,3 @@ def build_graph(
     else:
         builder.add_edge("model", END)
     return builder
-
-
-def make_graph(
-    checkpointer: BaseCheckpointSaver | None = None,
-    settings: Settings | None = None,
-    *,
-    model: BaseChatModel | Callable[[], BaseChatModel] | None = None,
-    policy: MemoryPolicy | None = None,
-    tools: Sequence[BaseTool] = (),
-) -> CompiledStateGraph[ThreadState, Context, InputState, ThreadState]:
-    """The compiled agent, persisting through `checkpointer` when one is given."""
-    builder = build_graph(settings, model=model, policy=policy, tools=tools)
-    return builder.compile(checkpointer=checkpointer, name=GRAPH_NAME)

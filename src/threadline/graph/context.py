@@ -9,11 +9,10 @@ here, and a bad one raises `InvalidOverrideError`, which servers map to a 4xx.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
 from threadline.rules import MIN_CONTEXT_TOKENS, Strategy, summary_ratios_problem
-from threadline.settings import Settings
 
 OVERRIDABLE = ("system_prompt", "max_context_tokens", "memory_strategy")
 MAX_CONTEXT_TOKENS = 10_000_000
@@ -77,11 +76,6 @@ class MemoryPolicy:
     def __post_init__(self) -> None:
         if problem := summary_ratios_problem(self.summary_target_ratio, self.summary_trigger_ratio):
             raise ValueError(problem)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MemoryPolicy:
-        names = {f.name for f in fields(cls)}
-        return cls(**{name: getattr(settings, name) for name in names})
 
     @property
     def trigger_tokens(self) -> int:

@@ -1,4 +1,4 @@
-"""Chat models: `ChatOpenAI` for any OpenAI-compatible endpoint, and the offline model."""
+"""The offline chat model (`THREADLINE_MODEL=fake`); `threadline.assembly` picks the model."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from threadline.graph.prompts import SUMMARY_HEADER, SUMMARY_INSTRUCTIONS
-from threadline.settings import FAKE_MODEL, Settings
 
 _FOLDED_COUNT = re.compile(r"^- Turns folded: (\d+)$", re.MULTILINE)
 _FIRST_FOLDED = re.compile(r"^- Turn 1: the user said (.*)$", re.MULTILINE)
@@ -102,14 +101,3 @@ class OfflineChatModel(BaseChatModel):
         first_folded = _FIRST_FOLDED.search(summary)
         first = first_folded.group(1) if first_folded else repr(said[0][:80])
         return f"[turn {turn}] You said {said[-1][:200]!r}. Your first message: {first}."
-
-
-def make_chat_model(settings: Settings) -> BaseChatModel:
-    """The configured model. `OPENAI_API_KEY` / `OPENAI_BASE_URL` reach `ChatOpenAI` as usual."""
-    if settings.model == FAKE_MODEL:
-        return OfflineChatModel()
-    from langchain_openai import ChatOpenAI
-
-    return ChatOpenAI(
-        model=settings.model_name, timeout=settings.model_timeout_seconds, max_retries=2
-    )

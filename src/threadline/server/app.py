@@ -15,8 +15,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from langserve import add_routes
 
+from threadline.assembly import make_graph, memory_policy
 from threadline.checkpointers import open_checkpointer
-from threadline.graph import MemoryPolicy, make_graph
 from threadline.server.admission import Admission, admit_agent_turns, agent_config
 from threadline.server.auth import ApiKeys, warn_if_open
 from threadline.server.chat import (
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     chat = ChatAgent(lambda: serving.current.runner)
     admission = Admission(
         limits=Limits.from_settings(settings),
-        policy=MemoryPolicy.from_settings(settings),
+        policy=memory_policy(settings),
         lock_timeout=settings.turn_lock_timeout_seconds,
         serving=serving,
     )

@@ -1,0 +1,79 @@
+"""Settings → the agent: the one place `THREADLINE_*` becomes a chat model, a memory policy and
+a token counter. The graph (`threadline.graph`) takes those as arguments and reads no settings;
+the composition roots (CLI, server, `threadline.studio`, `threadline.embedding`) come here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.tools import BaseTool
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from threadline.graph.agent import GRAPH_NAME, build_graph
+from threadline.graph.context import Context, MemoryPolicy
+from threadline.graph.models import OfflineChatModel
+from threadline.graph.state import InputState, ThreadState
+from threadline.graph.tokens import make_token_counter
+from threadline.settings import FAKE_MODEL, Settings
+
+ModelOrFactory = BaseChatModel | Callable[[], BaseChatModel]
+
+
+def chat_model(settings: Settings) -> BaseChatModel:
+    """The configured model. `OPENAI_API_KEY` / `OPENAI_BASE_URL` reach `ChatOpenAI` as usual."""
+    if settings.model == FAKE_MODEL:
+        return OfflineChatModel()
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        model=settings.model_name, timeout=settings.model_timeout_seconds, max_retries=2
+    )
+
+
+def memory_policy(settings: Settings) -> MemoryPolicy:
+    """The budget and summary settings, as the graph's memory policy."""
+    names = {f.name for f in dataclasses.fields(MemoryPolicy)}
+    return MemoryPolicy(**{name: getattr(settings, name) for name in names})
+
+
+def agent_builder(
+    settings: Settings | None = None,
+    *,
+    model: ModelOrFactory | None = None,
+    policy: MemoryPolicy | None = None,
+    tools: Sequence[BaseTool] = (),
+) -> StateGraph[ThreadState, Context, InputState, ThreadState]:
+    """The uncompiled agent, from `settings` (default: the environment's) and any overrides.
+
+    The model is only created when the first turn needs it.
+    """
+    settings = settings or Settings.from_env()
+    configured = settings
+    model_name = getattr(model, "model_name", None)  # count with a given model's tokenizer
+    return build_graph(
+        model=model if model is not None else (lambda: chat_model(configured)),
+        policy=policy or memory_policy(settings),
+        counter=make_token_counter(
+            model_name if isinstance(model_name, str) else settings.model_name,
+            settings.token_counter,
+        ),
+        tools=tools,
+    )
+
+
+def make_graph(
+    checkpointer: BaseCheckpointSaver | None = None,
+    settings: Settings | None = None,
+    *,
+    model: ModelOrFactory | None = None,
+    policy: MemoryPolicy | None = None,
+    tools: Sequence[BaseTool] = (),
+) -> CompiledStateGraph[ThreadState, Context, InputState, ThreadState]:
+    """The compiled agent, persisting through `checkpointer` when one is given."""
+    builder = agent_builder(settings, model=model, policy=policy, tools=tools)
+    return builder.compile(checkpointer=checkpointer, name=GRAPH_NAME)
