@@ -124,7 +124,7 @@ async def test_delete_removes_the_thread_everywhere(
         assert [c["message_count"] for c in history["checkpoints"]] == [6, 4, 2]
 
         deleted = await client.delete("/threads/doomed", headers=ALPHA)
-        assert deleted.status_code == 204
+        assert deleted.status_code == 200 and deleted.json()["erased_threads"] == 1
         assert (await client.get("/threads/doomed", headers=ALPHA)).status_code == 404
         assert (await client.get("/threads/doomed/history", headers=ALPHA)).status_code == 404
         assert (await client.delete("/threads/doomed", headers=ALPHA)).status_code == 404

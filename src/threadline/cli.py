@@ -21,7 +21,9 @@ threads_app = typer.Typer(help="Inspect stored threads.", no_args_is_help=True)
 services_app = typer.Typer(
     help="Throwaway Redis and Postgres for development (no Docker).", no_args_is_help=True
 )
+users_app = typer.Typer(help="Forget users.", no_args_is_help=True)
 app.add_typer(threads_app, name="threads")
+app.add_typer(users_app, name="users")
 app.add_typer(services_app, name="services")
 
 out = Console(soft_wrap=True)
@@ -223,6 +225,37 @@ def threads_export(
     shown = asdict(record) if record else {"thread_id": thread_id}
     for line in export_lines(format, shown, values):  # type: ignore[arg-type]
         sys.stdout.write(line)
+
+
+@users_app.command("erase")
+def users_erase(
+    user_id: Annotated[str, typer.Argument(help="The user whose threads to erase.")],
+    tenant: Annotated[str | None, typer.Option(help="The tenant (with API keys).")] = None,
+) -> None:
+    """Erase every thread of a user from every store, and print the receipt."""
+    settings = load_settings(model=False)
+    checked_thread_id(user_id)  # the same alphabet
+    from threadline.checkpointers import open_checkpointer
+    from threadline.server.audit import AuditLog, audit_key
+    from threadline.server.erasure import user_thread_keys
+
+    key = settings.audit_key.get_secret_value() if settings.audit_key else None
+    aes = settings.aes_key.get_secret_value() if settings.aes_key else None
+    audit = AuditLog(settings.audit_log_path, audit_key(key, aes))
+
+    async def main() -> tuple[int, str]:
+        import uuid
+
+        async with open_checkpointer(settings) as saver:
+            keys = await user_thread_keys(saver, tenant, user_id)
+            for thread_key in keys:
+                await saver.adelete_thread(thread_key)
+        receipt_id = uuid.uuid4().hex
+        audit.record("erase", tenant=tenant, user_id=user_id, thread_keys=keys, receipt=receipt_id)
+        return len(keys), receipt_id
+
+    count, receipt_id = run(main)
+    say(f"erased {count} threads of {user_id}; receipt {receipt_id}")
 
 
 DEFAULT_SERVICES_DIR = Path(".threadline/services")

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # With API keys set, /docs, /redoc and /openapi.json need a key too unless published.
     publish_docs: bool = False
     turn_lock_timeout_seconds: float = Field(default=10.0, ge=0)
+    # One JSON line per erasure, ids as keyed hashes (the key: this, else derived from the AES
+    # key, else a random one kept beside the log).
+    audit_log_path: Path = Path(".threadline/audit.jsonl")
+    audit_key: SecretStr | None = None
     # How long a retried turn (same Idempotency-Key or message id) gets its first result.
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
     max_message_chars: int = Field(default=32_000, ge=1)

@@ -226,6 +226,11 @@ class HistoryCache:
             self._weight -= dropped
             self._forget(dropped_key)
 
+    def forget_thread(self, thread_id: str) -> None:
+        """Drop every history of a thread (it was deleted: nothing of it stays in memory)."""
+        for key in [k for k in self._entries if k[0] == thread_id]:
+            self.discard(key)
+
     def discard(self, key: HistoryKey) -> None:
         found = self._entries.pop(key, None)
         if found is not None:

@@ -645,6 +645,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
 
     async def adelete_thread(self, thread_id: str) -> None:
         self.pending_snapshots.forget([str(thread_id)])
+        self.delta_histories.forget_thread(str(thread_id))
         async with self.cursor(pipeline=True) as cur:
             for sql in DELETE_THREAD_SQL:
                 await cur.execute(sql, (str(thread_id),))

@@ -50,6 +50,8 @@ class SqliteSaver(AsyncSqliteSaver):
         if self._tables_ready:
             return
         async with self.lock:
+            # Deleted rows are overwritten, not left readable in free pages of the file.
+            await self.conn.execute("PRAGMA secure_delete = ON")
             await self.conn.executescript(SCHEMA)
             await self.conn.commit()
             self._tables_ready = True
@@ -82,9 +84,11 @@ class SqliteSaver(AsyncSqliteSaver):
         return await self.aget_thread_record(thread_key)
 
     async def adelete_thread(self, thread_id: str) -> None:
-        """The thread's checkpoints, writes, receipts and record, in one transaction."""
+        """The thread's checkpoints, writes, receipts and record, in one transaction; then the
+        write-ahead log is folded into the file, so no copy of them is left behind there."""
         await self.setup()
         async with self.lock, self.conn.cursor() as cur:
             for sql in DELETE_THREAD_SQL:
                 await cur.execute(sql, (str(thread_id),))
             await self.conn.commit()
+            await cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")

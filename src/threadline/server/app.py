@@ -18,6 +18,7 @@ from langserve import add_routes
 from threadline.assembly import make_graph, memory_policy
 from threadline.checkpointers import open_checkpointer
 from threadline.server.admission import Admission, admit_agent_turns, agent_config
+from threadline.server.audit import AuditLog, audit_key
 from threadline.server.auth import ApiKeys, warn_if_open
 from threadline.server.chat import (
     CHAT_PATH,
@@ -37,6 +38,7 @@ from threadline.server.serving import Serving, ServingSlot
 from threadline.server.streams import EndFailedStreams
 from threadline.server.thread_routes import router as threads_router
 from threadline.server.turns import ServedAgent, TurnRunner
+from threadline.server.user_routes import router as users_router
 from threadline.settings import Settings
 
 AGENT_PATH = "/agent"
@@ -50,6 +52,10 @@ async def _probe(check: Awaitable[Any]) -> str:
     except Exception as exc:  # the probe reports any failure; it never raises
         return f"unavailable ({type(exc).__name__})"
     return "ok"
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -100,6 +106,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = api_keys
     app.state.admission = admission
     app.state.serving = serving
+    app.state.audit = AuditLog(
+        settings.audit_log_path,
+        audit_key(_secret(settings.audit_key), _secret(settings.aes_key)),
+    )
     app.add_middleware(ChatThreadCookie)
     app.add_middleware(EndFailedStreams)
     app.add_middleware(BodyDeadline, seconds=settings.body_timeout_seconds)
@@ -131,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.include_router(threads_router)
+    app.include_router(users_router)
     app.include_router(playground_router(lambda: serving.current.runner))
     add_routes(
         app,

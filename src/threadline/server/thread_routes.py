@@ -10,10 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from contextlib import AsyncExitStack
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
@@ -22,8 +21,9 @@ from langgraph.types import StateSnapshot
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from threadline.checkpointers.records import RecordQuery, ThreadRecord
-from threadline.server.admission import Admission, hold_threads
+from threadline.server.admission import Admission
 from threadline.server.auth import require_tenant
+from threadline.server.erasure import ErasureReceipt, erase_threads
 from threadline.server.export import MEDIA_TYPES, ExportFormat, export_lines
 from threadline.server.limits import json_body
 from threadline.server.ownership import RecordOut, check_owner, records_of
@@ -340,18 +340,22 @@ async def export_thread(
     )
 
 
-@router.delete("/{thread_id}", status_code=204, response_class=Response)
+@router.delete("/{thread_id}", response_model=ErasureReceipt)
 async def delete_thread(
     thread_id: ThreadId, tenant: Tenant, user: User, request: Request
-) -> Response:
-    """Delete the thread (record included) from every tier; a turn in flight makes this a 409."""
-    await _owned_record(_runner(request), tenant, user, thread_id)
-    saver = _saver(_runner(request))
-    admission: Admission = request.app.state.admission
+) -> ErasureReceipt:
+    """Erase the thread (record and receipts included) from every tier; a turn in flight makes
+    this a 409. The receipt's id is in the audit log."""
+    runner = _runner(request)
+    saver = _saver(runner)
     key = scoped_thread_key(tenant, thread_id)
-    async with AsyncExitStack() as stack:
-        await hold_threads(stack, admission, [key])
+
+    async def exists_and_owned() -> None:  # under the thread's lock
+        await _owned_record(runner, tenant, user, thread_id)
         if await saver.aget_tuple({"configurable": {"thread_id": key}}) is None:
             raise _not_found(thread_id)
-        await saver.adelete_thread(key)
-    return Response(status_code=204)
+
+    admission, audit = request.app.state.admission, request.app.state.audit
+    return await erase_threads(
+        saver, admission, audit, tenant=tenant, keys=[key], check=exists_and_owned
+    )
