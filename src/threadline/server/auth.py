@@ -13,8 +13,9 @@ import hmac
 import logging
 import re
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from pydantic import SecretStr
 
 from threadline.settings import SettingsError
@@ -104,3 +105,6 @@ def warn_if_open(keys: ApiKeys | None) -> None:
         log.warning(
             "THREADLINE_API_KEYS is not set: single-tenant mode, every caller reaches every thread"
         )
+
+
+Tenant = Annotated[str | None, Depends(require_tenant)]  # a route's caller's tenant

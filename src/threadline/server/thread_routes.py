@@ -12,7 +12,7 @@ import binascii
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
@@ -22,15 +22,15 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from threadline.checkpointers.records import RecordQuery, ThreadRecord
 from threadline.server.admission import Admission
-from threadline.server.auth import require_tenant
+from threadline.server.auth import Tenant
 from threadline.server.erasure import ErasureReceipt, erase_threads
 from threadline.server.export import MEDIA_TYPES, ExportFormat, export_lines
 from threadline.server.limits import json_body
 from threadline.server.ownership import RecordOut, check_owner, records_of
 from threadline.server.serving import ServingSlot
 from threadline.server.threads import (
-    THREAD_ID_PATTERN,
     USER_HEADER,
+    id_in_path,
     one_of,
     scoped_thread_key,
     validate_user_id,
@@ -42,16 +42,7 @@ MAX_METADATA_BYTES = 4096
 
 router = APIRouter(prefix="/threads", tags=["threads"])
 
-ThreadId = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=128,
-        pattern=THREAD_ID_PATTERN.pattern,
-        description="1-128 characters of letters, digits and . _ : @ -",
-    ),
-]
-Tenant = Annotated[str | None, Depends(require_tenant)]
+ThreadId = Annotated[str, id_in_path()]
 
 
 def request_user(

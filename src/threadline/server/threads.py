@@ -8,8 +8,9 @@ tenant's key, and a single-tenant key can never look like a scoped one.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Path
 
 THREAD_HEADER = "X-Thread-Id"
 USER_HEADER = "X-User-Id"
@@ -55,3 +56,13 @@ def scoped_thread_key(tenant: str | None, thread_id: str) -> str:
 def visible_thread_id(thread_key: str) -> str:
     """The thread_id a client knows for a stored key."""
     return thread_key.rpartition(TENANT_SEPARATOR)[2]
+
+
+def id_in_path() -> Any:
+    """A thread or user id as a path parameter (both have the same alphabet)."""
+    return Path(
+        min_length=1,
+        max_length=128,
+        pattern=THREAD_ID_PATTERN.pattern,
+        description="1-128 characters of letters, digits and . _ : @ -",
+    )

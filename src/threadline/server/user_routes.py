@@ -4,25 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Request
 
-from threadline.server.auth import require_tenant
+from threadline.server.auth import Tenant
 from threadline.server.erasure import ErasureReceipt, erase_threads, user_thread_keys
 from threadline.server.serving import ServingSlot
-from threadline.server.threads import THREAD_ID_PATTERN
+from threadline.server.threads import id_in_path
 
 router = APIRouter(prefix="/users", tags=["users"])
 
-UserId = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=128,
-        pattern=THREAD_ID_PATTERN.pattern,
-        description="1-128 characters of letters, digits and . _ : @ -",
-    ),
-]
-Tenant = Annotated[str | None, Depends(require_tenant)]
+UserId = Annotated[str, id_in_path()]
 
 
 @router.delete("/{user_id}", response_model=ErasureReceipt)
