@@ -6,6 +6,7 @@ the search can find it), gone after — while another user's threads stay whole.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -18,7 +19,8 @@ import psycopg
 import pytest
 from redis import Redis
 
-from tests.fixtures.server import BACKENDS
+from tests.fixtures.server import BACKENDS, settings_for
+from threadline.server.locks import open_turn_locks
 
 TABLES = (
     "checkpoints",
@@ -164,3 +166,32 @@ async def test_the_cli_erases_a_user(served: Any, tmp_path: Path) -> None:
     assert "t1" not in listed.stdout and "t2" not in listed.stdout
     audit = (tmp_path / "audit.jsonl").read_text().splitlines()
     assert json.loads(audit[-1])["count"] == 2
+
+
+async def test_the_cli_waits_for_a_turn_the_server_is_running(
+    served: Any, postgres_db_url: str, tmp_path: Path
+) -> None:
+    """The CLI takes the server's turn lock (a Postgres advisory lock held here)."""
+    async with served("postgres") as client:
+        ada = {"X-User-Id": "ada"}
+        response = await client.post("/agent/invoke", json=turn("busy", "hi"), headers=ada)
+        assert response.is_success
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("THREADLINE_", "OPENAI_"))},
+        "THREADLINE_CHECKPOINTER": "postgres",
+        "THREADLINE_POSTGRES_URL": postgres_db_url,
+        "THREADLINE_AUDIT_LOG_PATH": str(tmp_path / "audit.jsonl"),
+        "THREADLINE_TURN_LOCK_TIMEOUT_SECONDS": "0.5",
+        "THREADLINE_MODEL": "fake",
+    }
+    cli = [str(Path(sys.executable).parent / "threadline"), "users", "erase", "ada"]
+    settings = settings_for(checkpointer="postgres", postgres_url=postgres_db_url)
+    async with open_turn_locks(settings) as locks, locks.hold(["busy"], 1.0):
+        refused = await asyncio.to_thread(
+            subprocess.run, cli, env=env, capture_output=True, text=True, timeout=120
+        )
+    assert refused.returncode == 1 and "busy" in refused.stderr
+    erased = await asyncio.to_thread(
+        subprocess.run, cli, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert erased.returncode == 0 and "erased 1 threads" in erased.stdout

@@ -232,12 +232,17 @@ def users_erase(
     user_id: Annotated[str, typer.Argument(help="The user whose threads to erase.")],
     tenant: Annotated[str | None, typer.Option(help="The tenant (with API keys).")] = None,
 ) -> None:
-    """Erase every thread of a user from every store, and print the receipt."""
+    """Erase every thread of a user from every store, and print the receipt.
+
+    Each thread is erased under the same turn lock the server takes (postgres, tiered, redis),
+    so a turn a server is running on it finishes first; a thread still busy after
+    `THREADLINE_TURN_LOCK_TIMEOUT_SECONDS` stops the command (exit 1), the others erased."""
     settings = load_settings(model=False)
     checked_thread_id(user_id)  # the same alphabet
     from threadline.checkpointers import open_checkpointer
     from threadline.server.audit import AuditLog, audit_key
     from threadline.server.erasure import user_thread_keys
+    from threadline.server.locks import ThreadBusyError, open_turn_locks
 
     key = settings.audit_key.get_secret_value() if settings.audit_key else None
     aes = settings.aes_key.get_secret_value() if settings.aes_key else None
@@ -246,15 +251,24 @@ def users_erase(
     async def main() -> tuple[int, str]:
         import uuid
 
-        async with open_checkpointer(settings) as saver:
-            keys = await user_thread_keys(saver, tenant, user_id)
-            for thread_key in keys:
-                await saver.adelete_thread(thread_key)
-        receipt_id = uuid.uuid4().hex
-        audit.record("erase", tenant=tenant, user_id=user_id, thread_keys=keys, receipt=receipt_id)
-        return len(keys), receipt_id
+        erased: list[str] = []
+        try:
+            async with open_turn_locks(settings) as locks, open_checkpointer(settings) as saver:
+                for thread_key in await user_thread_keys(saver, tenant, user_id):
+                    async with locks.hold([thread_key], settings.turn_lock_timeout_seconds):
+                        await saver.adelete_thread(thread_key)
+                    erased.append(thread_key)
+        finally:
+            receipt_id = uuid.uuid4().hex
+            audit.record(
+                "erase", tenant=tenant, user_id=user_id, thread_keys=erased, receipt=receipt_id
+            )
+        return len(erased), receipt_id
 
-    count, receipt_id = run(main)
+    try:
+        count, receipt_id = run(main)
+    except ThreadBusyError:
+        raise fail("a thread of this user is busy with a turn; run the command again", 1) from None
     say(f"erased {count} threads of {user_id}; receipt {receipt_id}")
 
 
