@@ -98,7 +98,10 @@ async def test_records_are_kept_listed_and_removed_on_every_backend(
         )
         assert renamed.status_code == 200, renamed.text
         assert renamed.json()["title"] == "Lakes" and renamed.json()["metadata"] == {"pinned": True}
-        await post_turn(client, first, "one more", ada)
+        answered = await client.post(
+            "/agent/invoke", json=turn(first, "one more"), headers={"X-User-Id": ada}
+        )
+        assert answered.json()["output"]["thread"]["title"] == "Lakes"  # the record as stored
         kept = (await client.get(f"/threads/{first}")).json()["record"]
         assert kept["title"] == "Lakes" and kept["metadata"] == {"pinned": True}
         assert kept["message_count"] == 6

@@ -65,6 +65,7 @@ from threadline.checkpointers.records import (
     RECORD_COLUMNS,
     RecordQuery,
     ThreadRecord,
+    WrittenRecords,
     listing_sql,
     record_in,
 )
@@ -152,6 +153,7 @@ UPSERT_RECORD_SQL = f"""
 INSERT INTO threadline_threads ({RECORD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (thread_key) DO UPDATE SET
     updated_at = EXCLUDED.updated_at, message_count = EXCLUDED.message_count
+RETURNING {RECORD_COLUMNS}
 """
 SELECT_RECORD_SQL = f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE thread_key = %s"
 UPDATE_RECORD_SQL = f"""
@@ -168,15 +170,9 @@ class CheckpointStoreUnavailable(RuntimeError):
     """Postgres could not be reached; the operation did not happen."""
 
 
-def side_statements(prepared: PreparedCheckpoint) -> list[Statement]:
-    """The receipts and thread record a checkpoint's transaction writes too."""
-    statements = _receipt_statements(prepared)
-    if (r := prepared.record) is not None:
-        row = (r.thread_key, r.tenant, r.thread_id, r.user_id, r.title, r.created_at)
-        statements.append(
-            (UPSERT_RECORD_SQL, (*row, r.updated_at, r.message_count, Jsonb(r.metadata)))
-        )
-    return statements
+def _record_statement(r: ThreadRecord) -> Statement:
+    row = (r.thread_key, r.tenant, r.thread_id, r.user_id, r.title, r.created_at)
+    return (UPSERT_RECORD_SQL, (*row, r.updated_at, r.message_count, Jsonb(r.metadata)))
 
 
 def _receipt_statements(prepared: PreparedCheckpoint) -> list[Statement]:
@@ -210,6 +206,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         self.sealer = ValueSealer(self.serde)
         self.delta_histories = HistoryCache(history_cache_bytes)
         self.pending_snapshots = PendingSnapshots()
+        self.written_records = WrittenRecords()
 
     @classmethod
     @asynccontextmanager
@@ -237,6 +234,9 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             await cur.execute(SEEDS_MIGRATION)
             for statement in MIGRATIONS:
                 await cur.execute(statement)
+
+    def take_written_record(self, thread_key: str) -> ThreadRecord | None:
+        return self.written_records.take(thread_key)
 
     async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
         async with self.cursor() as cur:
@@ -352,13 +352,18 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
     async def write_checkpoint(
         self, prepared: PreparedCheckpoint, also: Iterable[Statement] = ()
     ) -> None:
-        """Store the checkpoint (and `also` statements) in one transaction, one round trip."""
+        """Store the checkpoint, its receipts and thread record (and `also` statements) in one
+        transaction, one round trip; the record as stored is kept for `take_written_record`."""
         async with self.cursor(pipeline=True) as cur:
             if prepared.blob_rows:
                 await cur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, prepared.blob_rows)
             await cur.execute(self.UPSERT_CHECKPOINTS_SQL, prepared.row)
-            for sql, params in [*side_statements(prepared), *also]:
+            for sql, params in [*_receipt_statements(prepared), *also]:
                 await cur.execute(sql, params)
+            if prepared.record is not None:  # last: its RETURNING row ends the pipeline
+                await cur.execute(*_record_statement(prepared.record))
+                if row := await cur.fetchone():
+                    self.written_records.put(ThreadRecord(**row))
 
     async def aput(
         self,

@@ -12,6 +12,7 @@ from threadline.checkpointers.receipts import Receipt, live, receipts_in
 from threadline.checkpointers.records import (
     RecordQuery,
     ThreadRecord,
+    WrittenRecords,
     listed,
     merged,
     patched,
@@ -26,6 +27,7 @@ class MemorySaver(InMemorySaver):
         super().__init__(**kwargs)
         self.receipts: dict[str, dict[str, Receipt]] = {}  # thread_id → name → receipt
         self.records: dict[str, ThreadRecord] = {}  # thread_id → record
+        self.written_records = WrittenRecords()
 
     def put(
         self,
@@ -45,6 +47,7 @@ class MemorySaver(InMemorySaver):
                 thread.setdefault(receipt.name, receipt)
         if record := record_in(metadata):
             self.records[thread_id] = merged(self.records.get(thread_id), record)
+            self.written_records.put(self.records[thread_id])
         return stored
 
     def delete_thread(self, thread_id: str) -> None:
@@ -54,6 +57,9 @@ class MemorySaver(InMemorySaver):
 
     async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
         return live(self.receipts.get(str(thread_id), {}).get(name))
+
+    def take_written_record(self, thread_key: str) -> ThreadRecord | None:
+        return self.written_records.take(thread_key)
 
     async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
         return self.records.get(thread_key)

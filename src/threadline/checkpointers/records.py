@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -68,6 +69,29 @@ class KeepsThreadRecords(Protocol):
     ) -> ThreadRecord | None:
         """Set what the client may change; None if the thread has no record."""
         ...
+
+    def take_written_record(self, thread_key: str) -> ThreadRecord | None:
+        """The record as this process's last write of the thread left it, once (None if the
+        store cannot tell without a read)."""
+        ...
+
+
+class WrittenRecords:
+    """Records as a saver's own upserts left them, so a turn's response can carry its record
+    without reading it back (bounded; each taken once)."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._records: OrderedDict[str, ThreadRecord] = OrderedDict()
+
+    def put(self, record: ThreadRecord) -> None:
+        self._records.pop(record.thread_key, None)
+        self._records[record.thread_key] = record
+        while len(self._records) > self._size:
+            self._records.popitem(last=False)
+
+    def take(self, thread_key: str) -> ThreadRecord | None:
+        return self._records.pop(thread_key, None)
 
 
 def record_metadata(record: ThreadRecord) -> dict[str, Any]:

@@ -20,7 +20,14 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
-from threadline.checkpointers.records import RecordQuery, ThreadRecord, merged, patched, record_in
+from threadline.checkpointers.records import (
+    RecordQuery,
+    ThreadRecord,
+    WrittenRecords,
+    merged,
+    patched,
+    record_in,
+)
 
 NEWEST_FIRST_BASE = 10**17  # above any Unix time in microseconds
 
@@ -52,6 +59,13 @@ def _text(value: str | bytes) -> str:
 
 
 class RedisSaver(AsyncRedisSaver):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.written_records = WrittenRecords()
+
+    def take_written_record(self, thread_key: str) -> ThreadRecord | None:
+        return self.written_records.take(thread_key)
+
     async def aput(
         self,
         config: RunnableConfig,
@@ -74,9 +88,12 @@ class RedisSaver(AsyncRedisSaver):
                 pipe.hsetnx(key, r.name, value)
                 pipe.hexpireat(key, int(r.expires_at) + 1, r.name, nx=True)
             if record is not None:
+                stored_record = merged(old, record)
                 self._unlist(pipe, old)
-                self._store_record(pipe, merged(old, record))
+                self._store_record(pipe, stored_record)
             await pipe.execute()
+        if record is not None:
+            self.written_records.put(stored_record)
         return stored
 
     @staticmethod

@@ -65,6 +65,9 @@ class SqliteSaver(AsyncSqliteSaver):
         rows = await self._fetch(SELECT_RECEIPT_SQL, (thread_id, name))
         return live(Receipt(*rows[0])) if rows else None
 
+    def take_written_record(self, thread_key: str) -> ThreadRecord | None:
+        return None  # the trigger upserts it: a read of the local file tells
+
     async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
         rows = await self._fetch(SELECT_RECORD_SQL, (thread_key,))
         return _record(rows[0]) if rows else None

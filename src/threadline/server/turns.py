@@ -120,8 +120,13 @@ class TurnRunner:
             await staged.commit(final)
 
     async def invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
+        """The first result of a retried turn, or the state a new turn stored."""
         if (previous := await self.previous(input, config)) is not None:
             return previous
+        return await self.run(input, config)
+
+    async def run(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
+        """Run and store a new turn (callers check `previous` first)."""
         graph, staged, receipts = self._staged(config, input)
         with graph_errors():
             output = await graph.ainvoke(input, config, durability="exit")
@@ -232,15 +237,25 @@ class ServedAgent(Runnable[dict[str, Any], dict[str, Any]]):
     ) -> dict[str, Any]:
         return await self._acall_with_config(self._invoke_turn, input, config)  # type: ignore[arg-type]
 
-    async def _output(self, state: Any, input: Any, config: RunnableConfig) -> dict[str, Any]:
-        saver = self._runner().graph.checkpointer
-        record = await records_of(saver).aget_thread_record(config["configurable"]["thread_id"])
+    async def _output(
+        self, state: Any, input: Any, config: RunnableConfig, *, stored: bool
+    ) -> dict[str, Any]:
+        """The turn's output; `stored`: this process just stored the turn, so the saver holds
+        the record its write left (no read back) where it can tell."""
+        records = records_of(self._runner().graph.checkpointer)
+        key = config["configurable"]["thread_id"]
+        record = (records.take_written_record(key) if stored else None) or (
+            await records.aget_thread_record(key)
+        )
         return dict(turn_output(state, input, RecordOut.of(record) if record else None))
 
     async def _invoke_turn(self, input: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
         sent = _sent(input)
-        state = await self._runner().invoke(input, config)
-        return await self._output(state, sent, config)
+        runner = self._runner()
+        if (previous := await runner.previous(input, config)) is not None:
+            return await self._output(previous, sent, config, stored=False)
+        state = await runner.run(input, config)
+        return await self._output(state, sent, config, stored=True)
 
     async def astream(
         self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any
@@ -262,7 +277,7 @@ class ServedAgent(Runnable[dict[str, Any], dict[str, Any]]):
         input = [item async for item in inputs][-1]
         sent = _sent(input)
         if (previous := await runner.previous(input, config)) is not None:
-            yield await self._output(previous, sent, config)
+            yield await self._output(previous, sent, config, stored=False)
             return
         state: Any = {}
         async for mode, chunk in runner.stream(input, config, stream_mode=["messages", "values"]):
@@ -272,7 +287,7 @@ class ServedAgent(Runnable[dict[str, Any], dict[str, Any]]):
             message, metadata = chunk
             if metadata.get("langgraph_node") == "model" and isinstance(message, AIMessageChunk):
                 yield dict(ReplyChunk(messages=[message]))
-        yield await self._output(state, sent, config)
+        yield await self._output(state, sent, config, stored=True)
 
 
 def _sent(input: Any) -> dict[str, Any]:

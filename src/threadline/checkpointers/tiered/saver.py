@@ -357,6 +357,9 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
     async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
         return await self.durable.aget_receipt(thread_id, name)
 
+    def take_written_record(self, thread_key: str) -> ThreadRecord | None:
+        return self.durable.take_written_record(thread_key)
+
     async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
         return await self.durable.aget_thread_record(thread_key)
 
