@@ -43,7 +43,7 @@ from bench.common import BenchServices, bench_services, render_table
 from threadline.assembly import make_graph
 from threadline.checkpointers import open_checkpointer
 from threadline.dev.services import free_port
-from threadline.server.locks import open_turn_locks
+from threadline.locks import open_turn_locks
 from threadline.server.turns import TurnRunner
 from threadline.settings import Settings
 

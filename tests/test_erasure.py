@@ -20,7 +20,7 @@ import pytest
 from redis import Redis
 
 from tests.fixtures.server import BACKENDS, settings_for
-from threadline.server.locks import open_turn_locks
+from threadline.locks import open_turn_locks
 
 TABLES = (
     "checkpoints",
@@ -38,9 +38,9 @@ def turn(thread_id: str, text: str) -> dict[str, Any]:
     }
 
 
-def postgres_holds(url: str, canary: bytes) -> bool:
+def postgres_holds(url: str, canary: bytes, tables: tuple[str, ...] = TABLES) -> bool:
     with psycopg.connect(url) as conn:
-        for table in TABLES:
+        for table in tables:
             for row in conn.execute(f"SELECT * FROM {table}").fetchall():
                 if canary in repr(row).encode() or any(
                     isinstance(v, bytes | memoryview) and canary in bytes(v) for v in row

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from langchain_core.messages import BaseMessage, HumanMessage
@@ -16,8 +17,14 @@ from rich.text import Text
 
 from threadline.settings import Settings, SettingsError
 
+if TYPE_CHECKING:
+    from threadline.locks import TurnLocks
+    from threadline.retention import ThreadKeeper
+
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
-threads_app = typer.Typer(help="Inspect stored threads.", no_args_is_help=True)
+threads_app = typer.Typer(
+    help="Inspect, export, sweep and restore stored threads.", no_args_is_help=True
+)
 services_app = typer.Typer(
     help="Throwaway Redis and Postgres for development (no Docker).", no_args_is_help=True
 )
@@ -227,49 +234,164 @@ def threads_export(
         sys.stdout.write(line)
 
 
+@asynccontextmanager
+async def opened_keeper(settings: Settings) -> AsyncIterator[tuple[ThreadKeeper, TurnLocks]]:
+    """Retention's operations on the configured store, and the server's turn locks, so that
+    what a command does to a thread waits for a turn a server is running on it."""
+    from threadline.assembly import make_graph
+    from threadline.audit import open_audit_log
+    from threadline.checkpointers import open_checkpointer
+    from threadline.locks import open_turn_locks
+    from threadline.retention import ThreadKeeper, open_archive
+
+    async with open_turn_locks(settings) as locks, open_checkpointer(settings) as saver:
+        graph = make_graph(saver, settings)
+        yield (
+            ThreadKeeper(graph, open_archive(settings.archive_url), open_audit_log(settings)),
+            locks,
+        )
+
+
 @users_app.command("erase")
 def users_erase(
     user_id: Annotated[str, typer.Argument(help="The user whose threads to erase.")],
     tenant: Annotated[str | None, typer.Option(help="The tenant (with API keys).")] = None,
 ) -> None:
-    """Erase every thread of a user from every store, and print the receipt.
+    """Erase every thread of a user from every store and the archive, and print the receipt.
 
     Each thread is erased under the same turn lock the server takes (postgres, tiered, redis),
     so a turn a server is running on it finishes first; a thread still busy after
-    `THREADLINE_TURN_LOCK_TIMEOUT_SECONDS` stops the command (exit 1), the others erased."""
+    `THREADLINE_TURN_LOCK_TIMEOUT_SECONDS` stops the command (exit 1), the others erased.
+    Threads on legal hold are kept and named."""
     settings = load_settings(model=False)
     checked_thread_id(user_id)  # the same alphabet
-    from threadline.checkpointers import open_checkpointer
-    from threadline.server.audit import AuditLog, audit_key
-    from threadline.server.erasure import user_thread_keys
-    from threadline.server.locks import ThreadBusyError, open_turn_locks
+    from threadline.locks import ThreadBusyError
+    from threadline.server.erasure import erase_thread, user_threads
 
-    key = settings.audit_key.get_secret_value() if settings.audit_key else None
-    aes = settings.aes_key.get_secret_value() if settings.aes_key else None
-    audit = AuditLog(settings.audit_log_path, audit_key(key, aes))
-
-    async def main() -> tuple[int, str]:
+    async def main() -> tuple[int, str, list[str]]:
         import uuid
 
         erased: list[str] = []
-        try:
-            async with open_turn_locks(settings) as locks, open_checkpointer(settings) as saver:
-                for thread_key in await user_thread_keys(saver, tenant, user_id):
-                    async with locks.hold([thread_key], settings.turn_lock_timeout_seconds):
-                        await saver.adelete_thread(thread_key)
-                    erased.append(thread_key)
-        finally:
-            receipt_id = uuid.uuid4().hex
-            audit.record(
-                "erase", tenant=tenant, user_id=user_id, thread_keys=erased, receipt=receipt_id
-            )
-        return len(erased), receipt_id
+        held: list[str] = []
+        async with opened_keeper(settings) as (keeper, locks):
+            try:
+                for record in await user_threads(keeper, tenant, user_id):
+                    async with locks.hold([record.thread_key], settings.turn_lock_timeout_seconds):
+                        current = await keeper.records.aget_thread_record(record.thread_key)
+                        if current is not None and current.hold:
+                            held.append(record.thread_id)
+                            continue
+                        await erase_thread(keeper, record.thread_key)
+                    erased.append(record.thread_key)
+            finally:
+                receipt_id = uuid.uuid4().hex
+                keeper.audit.record(
+                    "erase",
+                    tenant=tenant,
+                    user_id=user_id,
+                    thread_keys=erased,
+                    receipt=receipt_id,
+                    counts={"held": len(held)},
+                )
+        return len(erased), receipt_id, held
 
     try:
-        count, receipt_id = run(main)
+        count, receipt_id, held = run(main)
     except ThreadBusyError:
         raise fail("a thread of this user is busy with a turn; run the command again", 1) from None
     say(f"erased {count} threads of {user_id}; receipt {receipt_id}")
+    if held:
+        say(f"kept {len(held)} threads on legal hold: {', '.join(held)}")
+
+
+def _as_of(value: str | None) -> float | None:
+    """`--as-of`: Unix seconds or an ISO 8601 time (UTC unless it says otherwise)."""
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail("--as-of must be Unix seconds or an ISO 8601 time") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@threads_app.command("sweep")
+def threads_sweep(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count the expired threads.")
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="Sweep as if it were this time (Unix seconds or ISO 8601)."),
+    ] = None,
+) -> None:
+    """Apply THREADLINE_TTL_STRATEGY to every thread idle past its TTL, in batches of
+    THREADLINE_SWEEP_LIMIT, and print what was done (exit 1 if the sweep stopped early)."""
+    settings = load_settings(model=False)
+    now = _as_of(as_of)
+    from rich.progress import Progress
+
+    from threadline.retention import Sweeper, SweepReport
+
+    async def main() -> SweepReport:
+        async with opened_keeper(settings) as (keeper, locks):
+            sweeper = Sweeper(
+                keeper,
+                locks,
+                settings.ttl_strategy,
+                settings.thread_ttl_seconds,
+                settings.sweep_limit,
+            )
+            with Progress(console=err, transient=True) as progress:
+                task = progress.add_task(f"sweep ({settings.ttl_strategy})", total=None)
+                return await sweeper.sweep(
+                    now=now,
+                    dry_run=dry_run,
+                    max_batches=None,
+                    on_thread=lambda record, done: progress.advance(task),
+                )
+
+    report = run(main)
+    say(report.summary())
+    if report.error or report.lease_taken:
+        raise typer.Exit(1)
+
+
+@threads_app.command("restore")
+def threads_restore(
+    thread_id: Annotated[str, typer.Argument(help="The archived thread to bring back.")],
+    tenant: Annotated[str | None, typer.Option(help="The tenant (with API keys).")] = None,
+) -> None:
+    """Bring an archived thread back whole from the archive; the next turn continues it."""
+    settings = load_settings(model=False)
+    from threadline.locks import ThreadBusyError
+    from threadline.retention import ArchiveError, NoArchiveError, NotArchivedError
+    from threadline.server.threads import scoped_thread_key
+
+    key = scoped_thread_key(tenant, checked_thread_id(thread_id))
+
+    async def main() -> int:
+        async with opened_keeper(settings) as (keeper, locks):  # noqa: SIM117 (locks first)
+            async with locks.hold([key], settings.turn_lock_timeout_seconds):
+                return (await keeper.restore(key)).message_count
+
+    try:
+        count = run(main)
+    except KeyError:
+        raise fail(f"no thread {thread_id!r} in the {settings.checkpointer} store", 1) from None
+    except NotArchivedError:
+        raise fail(f"thread {thread_id!r} is not archived", 1) from None
+    except (NoArchiveError, ArchiveError) as exc:
+        raise fail(f"cannot restore: {exc}", 1) from None
+    except ThreadBusyError:
+        raise fail("the thread is busy with a turn; run the command again", 1) from None
+    say(f"restored {thread_id} ({count} messages)")
 
 
 DEFAULT_SERVICES_DIR = Path(".threadline/services")

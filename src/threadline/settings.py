@@ -13,9 +13,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from threadline.durations import parse_duration
 from threadline.rules import MIN_CONTEXT_TOKENS, Strategy, summary_ratios_problem
 
 CheckpointerKind = Literal["memory", "sqlite", "postgres", "redis", "tiered"]
+TtlStrategy = Literal["delete", "keep_latest", "archive"]
 
 FAKE_MODEL = "fake"
 
@@ -84,6 +86,16 @@ class Settings(BaseSettings):
     # How long a retried turn (same Idempotency-Key or message id) gets its first result.
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
     max_message_chars: int = Field(default=32_000, ge=1)
+
+    # Retention: a thread idle for `thread_ttl` (`90s`, `12h`, `30d`; unset: kept forever) is
+    # deleted, cut to its latest checkpoint, or archived to `archive_url` (`file:///path` or
+    # `s3://bucket/prefix`); the sweeper runs every `sweep_interval` inside the server.
+    thread_ttl: str | None = None
+    ttl_strategy: TtlStrategy = "delete"
+    archive_url: str | None = None
+    sweep_interval: str = "5m"
+    sweep_limit: int = Field(default=1000, ge=1)
+    restore_on_turn: bool = False
     max_messages_per_request: int = Field(default=50, ge=1)
 
     @field_validator("model")
@@ -92,6 +104,28 @@ class Settings(BaseSettings):
         if value == FAKE_MODEL or (value.startswith("openai:") and len(value) > len("openai:")):
             return value
         raise ValueError("must be `fake` or `openai:<model-name>`")
+
+    @field_validator("thread_ttl", "sweep_interval")
+    @classmethod
+    def _is_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @field_validator("archive_url")
+    @classmethod
+    def _archive_is_known(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("file:///", "s3://")):
+            raise ValueError("must be file:///path or s3://bucket/prefix")
+        return value
+
+    @property
+    def thread_ttl_seconds(self) -> float | None:
+        return parse_duration(self.thread_ttl) if self.thread_ttl else None
+
+    @property
+    def sweep_interval_seconds(self) -> float:
+        return parse_duration(self.sweep_interval)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -135,6 +169,13 @@ class Settings(BaseSettings):
             len(self.aes_key.get_secret_value().encode()) not in AES_KEY_LENGTHS
         ):
             raise SettingsError("THREADLINE_AES_KEY must be 16, 24 or 32 bytes long")
+        if self.ttl_strategy == "archive" and self.archive_url is None:
+            raise SettingsError("THREADLINE_TTL_STRATEGY=archive needs THREADLINE_ARCHIVE_URL")
+        if self.ttl_strategy == "keep_latest" and self.checkpointer == "redis":
+            raise SettingsError(
+                "THREADLINE_TTL_STRATEGY=keep_latest is not available on "
+                "THREADLINE_CHECKPOINTER=redis (use delete or archive, or tiered/postgres)"
+            )
         if problem := summary_ratios_problem(self.summary_target_ratio, self.summary_trigger_ratio):
             raise SettingsError(f"THREADLINE_SUMMARY_TARGET_RATIO/TRIGGER_RATIO: {problem}")
         return self

@@ -62,12 +62,15 @@ from threadline.checkpointers.delta import (
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
 from threadline.checkpointers.records import (
+    INSERTED_RECORD_COLUMNS,
     RECORD_COLUMNS,
     RecordQuery,
     ThreadRecord,
     WrittenRecords,
+    expired_sql,
     listing_sql,
     record_in,
+    update_sql,
 )
 from threadline.checkpointers.rows import (
     BlobRow,
@@ -150,16 +153,29 @@ DELETE FROM threadline_turn_receipts WHERE thread_id = %s AND expires_at <= now(
 """
 # A turn's record: owner, title, creation and metadata stay as the first turn left them.
 UPSERT_RECORD_SQL = f"""
-INSERT INTO threadline_threads ({RECORD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO threadline_threads ({INSERTED_RECORD_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (thread_key) DO UPDATE SET
     updated_at = EXCLUDED.updated_at, message_count = EXCLUDED.message_count
 RETURNING {RECORD_COLUMNS}
 """
 SELECT_RECORD_SQL = f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE thread_key = %s"
-UPDATE_RECORD_SQL = f"""
-UPDATE threadline_threads SET title = coalesce(%s, title), metadata = coalesce(%s, metadata)
-WHERE thread_key = %s RETURNING {RECORD_COLUMNS}
-"""
+EXPIRED_RECORDS_SQL = expired_sql("%s")
+# Every checkpoint of a thread but one (which loses its parent), the writes and blobs only the
+# others used, the thread's receipts and delta-snapshot markers; the record stays.
+DELETE_CHECKPOINTS_SQL = (
+    """DELETE FROM checkpoints WHERE thread_id = %(thread)s
+        AND checkpoint_id IS DISTINCT FROM %(keep)s""",
+    """DELETE FROM checkpoint_writes WHERE thread_id = %(thread)s
+        AND checkpoint_id IS DISTINCT FROM %(keep)s""",
+    """DELETE FROM checkpoint_blobs b WHERE b.thread_id = %(thread)s AND NOT EXISTS (
+        SELECT 1 FROM checkpoints c, jsonb_each_text(c.checkpoint -> 'channel_versions') v
+        WHERE c.thread_id = %(thread)s AND c.checkpoint_ns = b.checkpoint_ns
+            AND v.key = b.channel AND v.value = b.version)""",
+    "UPDATE checkpoints SET parent_checkpoint_id = NULL WHERE thread_id = %(thread)s",
+    "DELETE FROM threadline_delta_seeds WHERE thread_id = %(thread)s",
+    "DELETE FROM threadline_turn_receipts WHERE thread_id = %(thread)s",
+)
 SELECT_RECEIPT_SQL = """
 SELECT name, digest, checkpoint_ns, checkpoint_id, extract(epoch FROM expires_at) AS expires_at
 FROM threadline_turn_receipts WHERE thread_id = %s AND name = %s
@@ -251,13 +267,33 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             return [ThreadRecord(**row) for row in await cur.fetchall()]
 
     async def aupdate_thread_record(
-        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+        self,
+        thread_key: str,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
     ) -> ThreadRecord | None:
-        encoded = Jsonb(metadata) if metadata is not None else None
+        sql, params = update_sql(
+            "%s", thread_key, changes, expect, lambda n, v: Jsonb(v) if n == "metadata" else v
+        )
         async with self.cursor() as cur:
-            await cur.execute(UPDATE_RECORD_SQL, (title, encoded, thread_key))
+            await cur.execute(sql, params)
             row = await cur.fetchone()
         return ThreadRecord(**row) if row else None
+
+    async def alist_expired_records(
+        self, now: float, default_ttl: float | None, limit: int
+    ) -> list[ThreadRecord]:
+        async with self.cursor() as cur:
+            await cur.execute(EXPIRED_RECORDS_SQL, (default_ttl, now, limit))
+            return [ThreadRecord(**row) for row in await cur.fetchall()]
+
+    async def adelete_checkpoints(self, thread_key: str, *, keep: str | None = None) -> None:
+        self.pending_snapshots.forget([thread_key])
+        self.delta_histories.forget_thread(thread_key)
+        async with self.cursor() as cur, cur.connection.transaction():
+            for sql in DELETE_CHECKPOINTS_SQL:
+                await cur.execute(sql, {"thread": thread_key, "keep": keep})
 
     async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
         async with self.cursor() as cur:

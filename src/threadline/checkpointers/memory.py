@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -13,7 +14,9 @@ from threadline.checkpointers.records import (
     RecordQuery,
     ThreadRecord,
     WrittenRecords,
+    expired_in,
     listed,
+    matches,
     merged,
     patched,
     record_in,
@@ -68,9 +71,34 @@ class MemorySaver(InMemorySaver):
         return listed(list(self.records.values()), query)
 
     async def aupdate_thread_record(
-        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+        self,
+        thread_key: str,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
     ) -> ThreadRecord | None:
-        if (record := self.records.get(thread_key)) is None:
+        record = self.records.get(thread_key)
+        if record is None or not matches(record, expect):
             return None
-        self.records[thread_key] = patched(record, title, metadata)
+        self.records[thread_key] = patched(record, changes)
         return self.records[thread_key]
+
+    async def alist_expired_records(
+        self, now: float, default_ttl: float | None, limit: int
+    ) -> list[ThreadRecord]:
+        return expired_in(list(self.records.values()), now, default_ttl, limit)
+
+    async def adelete_checkpoints(self, thread_key: str, *, keep: str | None = None) -> None:
+        kept_versions: set[tuple[Any, ...]] = set()
+        for ns, checkpoints in self.storage.get(thread_key, {}).items():
+            for checkpoint_id in [c for c in checkpoints if c != keep]:
+                del checkpoints[checkpoint_id]
+            for checkpoint_id, (checkpoint, metadata, _) in list(checkpoints.items()):
+                checkpoints[checkpoint_id] = (checkpoint, metadata, None)
+                versions = self.serde.loads_typed(checkpoint)["channel_versions"]
+                kept_versions |= {(ns, channel, v) for channel, v in versions.items()}
+        for written in [k for k in self.writes if k[0] == thread_key and k[2] != keep]:
+            del self.writes[written]
+        for blob in [k for k in self.blobs if k[0] == thread_key and k[1:] not in kept_versions]:
+            del self.blobs[blob]
+        self.receipts.pop(thread_key, None)

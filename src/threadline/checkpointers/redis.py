@@ -3,16 +3,19 @@
 A thread's receipts are the fields of one hash, each expiring on its own (`HEXPIREAT`, Redis
 7.4). A thread's record is one JSON string, listed through sorted sets (one per tenant, one per
 tenant and user) whose members sort newest first by byte order, so a page is one
-`ZRANGEBYLEX` from the cursor. The stock `aput` is itself several commands, not one
-transaction, so receipts and record are written in one transaction right after it: neither
-ever names a checkpoint that was not stored; a process that dies between the two leaves a
-stored turn without them (a retry carrying a message id is still recognised by that id).
+`ZRANGEBYLEX` from the cursor. Live threads not on hold are also in one of two sorted sets for
+the retention sweep: by `updated_at` (the deployment's TTL) or by expiry (a TTL of their own).
+The stock `aput` is itself several commands, not one transaction, so receipts and record are
+written in one transaction right after it: neither ever names a checkpoint that was not
+stored; a process that dies between the two leaves a stored turn without them (a retry
+carrying a message id is still recognised by that id).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -21,15 +24,20 @@ from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
 from threadline.checkpointers.records import (
+    LIVE,
     RecordQuery,
     ThreadRecord,
     WrittenRecords,
+    expired_in,
+    matches,
     merged,
     patched,
     record_in,
 )
 
 NEWEST_FIRST_BASE = 10**17  # above any Unix time in microseconds
+IDLE_INDEX = "threadline:retention:idle"  # live threads on the deployment TTL, by updated_at
+EXPIRY_INDEX = "threadline:retention:expiry"  # live threads with a TTL of their own, by expiry
 
 
 def receipts_key(thread_id: str) -> str:
@@ -101,12 +109,19 @@ class RedisSaver(AsyncRedisSaver):
         pipe.set(record_key(record.thread_key), record.to_json())
         for index in index_keys(record):
             pipe.zadd(index, {index_member(record.position): 0})
+        if record.status == LIVE and not record.hold:
+            if record.ttl_seconds is None:
+                pipe.zadd(IDLE_INDEX, {record.thread_key: record.updated_at})
+            else:
+                pipe.zadd(EXPIRY_INDEX, {record.thread_key: record.updated_at + record.ttl_seconds})
 
     @staticmethod
     def _unlist(pipe: Any, record: ThreadRecord | None) -> None:
         if record is not None:
             for index in index_keys(record):
                 pipe.zrem(index, index_member(record.position))
+            pipe.zrem(IDLE_INDEX, record.thread_key)
+            pipe.zrem(EXPIRY_INDEX, record.thread_key)
 
     async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
         value = await self._redis.get(record_key(thread_key))
@@ -124,13 +139,42 @@ class RedisSaver(AsyncRedisSaver):
         return [ThreadRecord.from_json(v) for v in values if v is not None]
 
     async def aupdate_thread_record(
-        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+        self,
+        thread_key: str,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
     ) -> ThreadRecord | None:
-        if (record := await self.aget_thread_record(thread_key)) is None:
+        """Not atomic with a concurrent turn's upsert: callers hold the thread's turn lock."""
+        record = await self.aget_thread_record(thread_key)
+        if record is None or not matches(record, expect):
             return None
-        updated = patched(record, title, metadata)
-        await self._redis.set(record_key(thread_key), updated.to_json())
+        updated = patched(record, changes)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            self._unlist(pipe, record)
+            self._store_record(pipe, updated)
+            await pipe.execute()
         return updated
+
+    async def alist_expired_records(
+        self, now: float, default_ttl: float | None, limit: int
+    ) -> list[ThreadRecord]:
+        keys: list[Any] = list(await self._redis.zrangebyscore(EXPIRY_INDEX, "-inf", now, 0, limit))
+        if default_ttl is not None:
+            idle = await self._redis.zrangebyscore(IDLE_INDEX, "-inf", now - default_ttl, 0, limit)
+            keys += list(idle)
+        values = await self._redis.mget([record_key(_text(k)) for k in keys]) if keys else []
+        records = [ThreadRecord.from_json(v) for v in values if v is not None]
+        return expired_in(records, now, default_ttl, limit)
+
+    async def adelete_checkpoints(self, thread_key: str, *, keep: str | None = None) -> None:
+        if keep is not None:
+            raise NotImplementedError(
+                "the redis backend cannot keep one checkpoint of a thread (keep_latest); "
+                "use tiered or postgres"
+            )
+        await super().adelete_thread(thread_key)
+        await self._redis.delete(receipts_key(thread_key))
 
     async def aget_receipt(self, thread_id: str, name: str) -> Receipt | None:
         value = await self._redis.hget(receipts_key(str(thread_id)), name)

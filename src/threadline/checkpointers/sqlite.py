@@ -8,27 +8,48 @@ stock write path stays untouched and cannot store one without the other.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from threadline.checkpointers.receipts import Receipt, live
-from threadline.checkpointers.records import RECORD_COLUMNS, RecordQuery, ThreadRecord, listing_sql
-
-SCHEMA = "\n".join(
-    resources.files(__package__).joinpath(f"sql/{name}").read_text()
-    for name in ("sqlite_receipts.sql", "sqlite_threads.sql")
+from threadline.checkpointers.records import (
+    RECORD_COLUMNS,
+    RecordQuery,
+    ThreadRecord,
+    expired_sql,
+    listing_sql,
+    update_sql,
 )
+
+
+def _sql(name: str) -> str:
+    return resources.files(__package__).joinpath(f"sql/{name}").read_text()
+
+
+SCHEMA = _sql("sqlite_receipts.sql") + _sql("sqlite_threads.sql")
+# `ALTER TABLE ... ADD COLUMN <name> ...` statements, by the column they add.
+RETENTION_COLUMNS = {
+    line.split()[5]: line
+    for line in _sql("sqlite_threads_retention.sql").splitlines()
+    if line.startswith("ALTER TABLE")
+}
 SELECT_RECEIPT_SQL = """
 SELECT name, digest, checkpoint_ns, checkpoint_id, expires_at
 FROM threadline_turn_receipts WHERE thread_id = ? AND name = ?
 """
 SELECT_RECORD_SQL = f"SELECT {RECORD_COLUMNS} FROM threadline_threads WHERE thread_key = ?"
-UPDATE_RECORD_SQL = """
-UPDATE threadline_threads SET title = coalesce(?, title), metadata = coalesce(?, metadata)
-WHERE thread_key = ?
-"""
+EXPIRED_RECORDS_SQL = expired_sql("?")
+# Every checkpoint of a thread but one (which loses its parent), the others' writes and the
+# thread's receipts; the record stays. (Channel values live in the checkpoint row here.)
+DELETE_CHECKPOINTS_SQL = (
+    "DELETE FROM checkpoints WHERE thread_id = :thread AND checkpoint_id IS NOT :keep",
+    "DELETE FROM writes WHERE thread_id = :thread AND checkpoint_id IS NOT :keep",
+    "UPDATE checkpoints SET parent_checkpoint_id = NULL WHERE thread_id = :thread",
+    "DELETE FROM threadline_turn_receipts WHERE thread_id = :thread",
+)
 DELETE_THREAD_SQL = (
     "DELETE FROM checkpoints WHERE thread_id = ?",
     "DELETE FROM writes WHERE thread_id = ?",
@@ -39,7 +60,13 @@ DELETE_THREAD_SQL = (
 
 def _record(row: Any) -> ThreadRecord:
     values = dict(zip(RECORD_COLUMNS.split(", "), row, strict=True))
-    return ThreadRecord(**{**values, "metadata": json.loads(values["metadata"])})
+    return ThreadRecord(
+        **{**values, "metadata": json.loads(values["metadata"]), "hold": bool(values["hold"])}
+    )
+
+
+def _encoded(name: str, value: Any) -> Any:
+    return json.dumps(value) if name == "metadata" else value
 
 
 class SqliteSaver(AsyncSqliteSaver):
@@ -53,6 +80,11 @@ class SqliteSaver(AsyncSqliteSaver):
             # Deleted rows are overwritten, not left readable in free pages of the file.
             await self.conn.execute("PRAGMA secure_delete = ON")
             await self.conn.executescript(SCHEMA)
+            async with self.conn.execute("PRAGMA table_info(threadline_threads)") as cur:
+                present = {row[1] for row in await cur.fetchall()}
+            for column, statement in RETENTION_COLUMNS.items():
+                if column not in present:
+                    await self.conn.execute(statement)
             await self.conn.commit()
             self._tables_ready = True
 
@@ -77,14 +109,33 @@ class SqliteSaver(AsyncSqliteSaver):
         return [_record(row) for row in await self._fetch(sql, tuple(params))]
 
     async def aupdate_thread_record(
-        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+        self,
+        thread_key: str,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
     ) -> ThreadRecord | None:
         await self.setup()
-        encoded = json.dumps(metadata) if metadata is not None else None
+        sql, params = update_sql("?", thread_key, changes, expect, _encoded)
         async with self.lock:
-            await self.conn.execute(UPDATE_RECORD_SQL, (title, encoded, thread_key))
+            async with self.conn.execute(sql, params) as cur:
+                rows = list(await cur.fetchall())
             await self.conn.commit()
-        return await self.aget_thread_record(thread_key)
+        return _record(rows[0]) if rows else None
+
+    async def alist_expired_records(
+        self, now: float, default_ttl: float | None, limit: int
+    ) -> list[ThreadRecord]:
+        rows = await self._fetch(EXPIRED_RECORDS_SQL, (default_ttl, now, limit))
+        return [_record(row) for row in rows]
+
+    async def adelete_checkpoints(self, thread_key: str, *, keep: str | None = None) -> None:
+        await self.setup()
+        async with self.lock, self.conn.cursor() as cur:
+            for sql in DELETE_CHECKPOINTS_SQL:
+                await cur.execute(sql, {"thread": thread_key, "keep": keep})
+            await self.conn.commit()
+            await cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def adelete_thread(self, thread_id: str) -> None:
         """The thread's checkpoints, writes, receipts and record, in one transaction; then the

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 
 from threadline.graph.context import InvalidOverrideError, MemoryPolicy
+from threadline.locks import LockBackendError, ThreadBusyError
 from threadline.server.auth import authenticate
 from threadline.server.held import HELD, HeldThreads
 from threadline.server.idempotency import (
@@ -24,7 +25,6 @@ from threadline.server.idempotency import (
     validate_idempotency_key,
 )
 from threadline.server.limits import Limits, check_turn_input, json_body
-from threadline.server.locks import LockBackendError, ThreadBusyError
 from threadline.server.serving import ServingSlot
 from threadline.server.threads import (
     TENANT_CONFIG_KEY,

@@ -7,6 +7,8 @@ thread locks and hands both to the routes for as long as the app runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -16,9 +18,11 @@ from fastapi.responses import JSONResponse
 from langserve import add_routes
 
 from threadline.assembly import make_graph, memory_policy
+from threadline.audit import open_audit_log
 from threadline.checkpointers import open_checkpointer
+from threadline.locks import open_turn_locks
+from threadline.retention import Sweeper, ThreadKeeper, open_archive
 from threadline.server.admission import Admission, admit_agent_turns, agent_config
-from threadline.server.audit import AuditLog, audit_key
 from threadline.server.auth import ApiKeys, warn_if_open
 from threadline.server.chat import (
     CHAT_PATH,
@@ -31,7 +35,6 @@ from threadline.server.chat import (
 from threadline.server.connections import BodyDeadline
 from threadline.server.docs import add_protected_docs
 from threadline.server.limits import Limits
-from threadline.server.locks import open_turn_locks
 from threadline.server.openapi import documented_openapi
 from threadline.server.outages import install_outage_handlers
 from threadline.server.serving import Serving, ServingSlot
@@ -54,8 +57,15 @@ async def _probe(check: Awaitable[Any]) -> str:
     return "ok"
 
 
-def _secret(value: Any) -> str | None:
-    return value.get_secret_value() if value is not None else None
+async def sweep_periodically(sweeper: Sweeper, settings: Settings) -> None:
+    """The retention sweep, every `THREADLINE_SWEEP_INTERVAL` (one batch each time; one replica
+    at a time, through the sweep's lease)."""
+    log = logging.getLogger("threadline.retention")
+    while True:
+        await asyncio.sleep(settings.sweep_interval_seconds)
+        report = await sweeper.sweep()
+        if report.expired or report.error:
+            log.info("retention sweep: %s", report.summary())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -72,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lock_timeout=settings.turn_lock_timeout_seconds,
         serving=serving,
     )
+    audit = open_audit_log(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,14 +91,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             locks = await stack.enter_async_context(open_turn_locks(settings))
             async with locks.setup_guard():
                 saver = await stack.enter_async_context(open_checkpointer(settings))
+            stored_graph = graph.copy({"checkpointer": saver})
+            keeper = ThreadKeeper(stored_graph, open_archive(settings.archive_url), audit)
             runner = TurnRunner(
-                graph.copy({"checkpointer": saver}),
+                stored_graph,
                 receipt_lifetime_seconds=settings.idempotency_ttl_seconds,
+                keeper=keeper,
+                restore_on_turn=settings.restore_on_turn,
             )
-            serving.fill(Serving(runner, locks))
+            serving.fill(Serving(runner, locks, keeper))
+            sweeper = Sweeper(
+                keeper,
+                locks,
+                settings.ttl_strategy,
+                settings.thread_ttl_seconds,
+                settings.sweep_limit,
+            )
+            sweeping = asyncio.create_task(sweep_periodically(sweeper, settings))
             try:
                 yield
             finally:
+                sweeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeping
                 serving.fill(None)
 
     protect_docs = api_keys is not None and not settings.publish_docs
@@ -106,10 +132,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = api_keys
     app.state.admission = admission
     app.state.serving = serving
-    app.state.audit = AuditLog(
-        settings.audit_log_path,
-        audit_key(_secret(settings.audit_key), _secret(settings.aes_key)),
-    )
     app.add_middleware(ChatThreadCookie)
     app.add_middleware(EndFailedStreams)
     app.add_middleware(BodyDeadline, seconds=settings.body_timeout_seconds)

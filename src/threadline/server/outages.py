@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from threadline.checkpointers.durable import CheckpointStoreUnavailable
-from threadline.server.locks import LockBackendError
+from threadline.locks import LockBackendError
 
 logger = logging.getLogger(__name__)
 

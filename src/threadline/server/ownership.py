@@ -19,6 +19,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from pydantic import BaseModel
 
 from threadline.checkpointers.records import KeepsThreadRecords, ThreadRecord, record_metadata
+from threadline.durations import format_duration
 from threadline.server.threads import TENANT_CONFIG_KEY, USER_CONFIG_KEY, visible_thread_id
 
 TITLE_CHARS = 80
@@ -34,9 +35,13 @@ class RecordOut(BaseModel):
     updated_at: str
     message_count: int
     metadata: dict[str, Any]
+    ttl: str | None  # the thread's own idle TTL (`7d`); null: the deployment's
+    hold: bool  # legal hold: never expires, archives or is erased
+    status: str  # `live`, or `archived` (restore it to read or continue it)
 
     @classmethod
     def of(cls, record: ThreadRecord) -> RecordOut:
+        ttl = record.ttl_seconds
         return cls(
             thread_id=record.thread_id,
             user_id=record.user_id,
@@ -45,6 +50,9 @@ class RecordOut(BaseModel):
             updated_at=_iso(record.updated_at),
             message_count=record.message_count,
             metadata=record.metadata,
+            ttl=format_duration(ttl) if ttl is not None else None,
+            hold=record.hold,
+            status=record.status,
         )
 
 

@@ -11,16 +11,19 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 
-from threadline.server.locks import TurnLocks
+from threadline.locks import TurnLocks
+from threadline.retention import ThreadKeeper
 from threadline.server.turns import TurnRunner
 
 
 @dataclass(frozen=True)
 class Serving:
-    """The turn runner (the graph on the opened saver) and the thread locks."""
+    """The turn runner (the graph on the opened saver), the thread locks, and retention's
+    operations on the same graph."""
 
     runner: TurnRunner
     locks: TurnLocks
+    keeper: ThreadKeeper
 
 
 class ServingSlot:

@@ -8,7 +8,7 @@ success means a turn is either stored whole or not at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -19,15 +19,24 @@ from langgraph.checkpoint.base import (
     CheckpointMetadata,
     CheckpointTuple,
     DeltaChannelHistory,
+    get_checkpoint_id,
 )
 
 
 class StagedSaver(BaseCheckpointSaver):
     """Async-only (the inherited sync methods raise): the server runs every turn on the loop."""
 
-    def __init__(self, saver: BaseCheckpointSaver) -> None:
+    def __init__(
+        self,
+        saver: BaseCheckpointSaver,
+        *,
+        on_no_checkpoint: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
+        """`on_no_checkpoint(thread_key)` runs when the turn finds its thread empty; True means
+        it stored a checkpoint meanwhile (a restored archive), which the turn then reads."""
         super().__init__(serde=saver.serde)
         self._saver = saver
+        self._on_no_checkpoint = on_no_checkpoint
         self._staged: list[tuple[str, tuple[Any, ...]]] = []
 
     @property
@@ -38,7 +47,17 @@ class StagedSaver(BaseCheckpointSaver):
         return self._saver.get_next_version(current, channel)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await self._saver.aget_tuple(config)
+        found = await self._saver.aget_tuple(config)
+        configurable = config["configurable"]
+        if (
+            found is None
+            and self._on_no_checkpoint is not None
+            and not get_checkpoint_id(config)
+            and not configurable.get("checkpoint_ns")
+            and await self._on_no_checkpoint(str(configurable["thread_id"]))
+        ):
+            found = await self._saver.aget_tuple(config)
+        return found
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]

@@ -1,4 +1,5 @@
-"""The threads API: list a tenant's or a user's threads, read, rename, page through, delete.
+"""The threads API: list a tenant's or a user's threads, read, rename, set retention, page
+through, export, restore from the archive, delete.
 
 Every route scopes the thread by the caller's tenant, and by the caller's user when the request
 names one (`X-User-Id`), so another tenant's or user's thread is simply not there (404), the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from contextlib import AsyncExitStack
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
@@ -20,10 +22,12 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import StateSnapshot
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from threadline.checkpointers.records import RecordQuery, ThreadRecord
-from threadline.server.admission import Admission
+from threadline.checkpointers.records import ARCHIVED, LIVE, RecordQuery, ThreadRecord
+from threadline.durations import DURATION_RULE, parse_duration
+from threadline.retention import ArchiveError, NoArchiveError, NotArchivedError
+from threadline.server.admission import Admission, hold_threads
 from threadline.server.auth import Tenant
-from threadline.server.erasure import ErasureReceipt, erase_threads
+from threadline.server.erasure import ErasureReceipt, erase_threads, refuse_held
 from threadline.server.export import MEDIA_TYPES, ExportFormat, export_lines
 from threadline.server.limits import json_body
 from threadline.server.ownership import RecordOut, check_owner, records_of
@@ -62,7 +66,7 @@ class ThreadListOut(BaseModel):
 
 
 class RecordPatch(BaseModel):
-    """What a client may change in a thread's record."""
+    """What a client may change in a thread's record (fields left out stay as they are)."""
 
     model_config = {"extra": "forbid"}
 
@@ -70,6 +74,33 @@ class RecordPatch(BaseModel):
     metadata: dict[str, Any] | None = Field(
         default=None, description=f"A JSON object of at most {MAX_METADATA_BYTES} bytes."
     )
+    ttl: str | None = Field(
+        default=None,
+        max_length=32,
+        description=f"The thread's own idle TTL, {DURATION_RULE}; null: the deployment's.",
+    )
+    hold: bool | None = Field(
+        default=None,
+        description="Legal hold: while true the thread never expires or archives, and "
+        "erasing it is refused.",
+    )
+
+    @field_validator("ttl")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    def changes(self) -> dict[str, Any]:
+        """The record fields this patch sets."""
+        changes: dict[str, Any] = {}
+        for name in ("title", "metadata", "hold"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        if "ttl" in self.model_fields_set:
+            changes["ttl_seconds"] = parse_duration(self.ttl) if self.ttl is not None else None
+        return changes
 
     @field_validator("metadata")
     @classmethod
@@ -102,8 +133,9 @@ class MessageOut(BaseModel):
 
 class ThreadOut(BaseModel):
     thread_id: str
+    status: str  # `live`, or `archived`: no messages until restored
     record: RecordOut | None
-    checkpoint_id: str
+    checkpoint_id: str | None
     updated_at: str | None
     messages: list[MessageOut]
     summary: str
@@ -168,11 +200,20 @@ async def _owned_record(
     return record
 
 
+def _archived(thread_id: str) -> HTTPException:
+    return HTTPException(
+        409, f"thread {thread_id!r} is archived: restore it first (POST .../restore)"
+    )
+
+
 async def _owned_thread(
     runner: TurnRunner, tenant: str | None, user: str | None, thread_id: str
 ) -> tuple[ThreadRecord | None, StateSnapshot]:
-    """The thread's record and latest state; 404 if it has none or another owner."""
+    """The thread's record and latest state; 404 if it has none or another owner, 409 if it
+    is archived."""
     record = await _owned_record(runner, tenant, user, thread_id)
+    if record is not None and record.status == ARCHIVED:
+        raise _archived(thread_id)
     snapshot = await runner.graph.aget_state(_config(tenant, thread_id))
     if snapshot.created_at is None:
         raise _not_found(thread_id)
@@ -217,7 +258,8 @@ async def list_threads(
 async def patch_thread(
     thread_id: ThreadId, tenant: Tenant, user: User, request: Request
 ) -> RecordOut:
-    """Rename the thread or set its metadata (the owner and times are not the client's)."""
+    """Rename the thread, set its metadata, its own TTL or a legal hold (the owner and times
+    are not the client's)."""
     # Read like the turn routes: malformed JSON, NUL characters, huge numbers → 422.
     admission: Admission = request.app.state.admission
     try:
@@ -230,7 +272,7 @@ async def patch_thread(
     if await _owned_record(runner, tenant, user, thread_id) is None:
         raise _not_found(thread_id)
     updated = await records_of(runner.graph.checkpointer).aupdate_thread_record(
-        scoped_thread_key(tenant, thread_id), title=patch.title, metadata=patch.metadata
+        scoped_thread_key(tenant, thread_id), patch.changes()
     )
     if updated is None:  # deleted meanwhile
         raise _not_found(thread_id)
@@ -241,11 +283,28 @@ async def patch_thread(
 async def get_thread(
     thread_id: ThreadId, tenant: Tenant, user: User, request: Request
 ) -> ThreadOut:
-    """The thread's record, transcript, running summary and last budget telemetry."""
-    record, snapshot = await _owned_thread(_runner(request), tenant, user, thread_id)
+    """The thread's record, transcript, running summary and last budget telemetry (an
+    archived thread: its record, no messages)."""
+    runner = _runner(request)
+    record = await _owned_record(runner, tenant, user, thread_id)
+    if record is not None and record.status == ARCHIVED:
+        return ThreadOut(
+            thread_id=thread_id,
+            status=ARCHIVED,
+            record=RecordOut.of(record),
+            checkpoint_id=None,
+            updated_at=RecordOut.of(record).updated_at,
+            messages=[],
+            summary="",
+            summarized_count=0,
+            total_folds=0,
+            telemetry=None,
+        )
+    record, snapshot = await _owned_thread(runner, tenant, user, thread_id)
     values = snapshot.values
     return ThreadOut(
         thread_id=thread_id,
+        status=LIVE,
         record=RecordOut.of(record) if record else None,
         checkpoint_id=snapshot.config["configurable"]["checkpoint_id"],
         updated_at=snapshot.created_at,
@@ -275,7 +334,9 @@ async def get_history(
 ) -> HistoryOut:
     """The thread's checkpoints, newest first, `limit` at a time (one checkpoint per turn)."""
     runner = _runner(request)
-    await _owned_record(runner, tenant, user, thread_id)
+    record = await _owned_record(runner, tenant, user, thread_id)
+    if record is not None and record.status == ARCHIVED:
+        raise _archived(thread_id)
     saver = _saver(runner)
     config = _config(tenant, thread_id)
     cursor: RunnableConfig | None = (
@@ -331,22 +392,49 @@ async def export_thread(
     )
 
 
+@router.post("/{thread_id}/restore", response_model=RecordOut)
+async def restore_thread(
+    thread_id: ThreadId, tenant: Tenant, user: User, request: Request
+) -> RecordOut:
+    """Bring an archived thread back whole from the archive; the next turn continues it and
+    its idle time starts again. 409 if it is not archived."""
+    runner = _runner(request)
+    key = scoped_thread_key(tenant, thread_id)
+    admission: Admission = request.app.state.admission
+    async with AsyncExitStack() as stack:
+        await hold_threads(stack, admission, [key])
+        if await _owned_record(runner, tenant, user, thread_id) is None:
+            raise _not_found(thread_id)
+        keeper = request.app.state.serving.current.keeper
+        try:
+            restored = await keeper.restore(key)
+        except NotArchivedError:
+            raise HTTPException(409, f"thread {thread_id!r} is not archived") from None
+        except (NoArchiveError, ArchiveError) as exc:
+            raise HTTPException(503, f"cannot restore: {exc}") from None
+    return RecordOut.of(restored)
+
+
 @router.delete("/{thread_id}", response_model=ErasureReceipt)
 async def delete_thread(
     thread_id: ThreadId, tenant: Tenant, user: User, request: Request
 ) -> ErasureReceipt:
-    """Erase the thread (record and receipts included) from every tier; a turn in flight makes
-    this a 409. The receipt's id is in the audit log."""
+    """Erase the thread (record, receipts and archive included) from every tier; a turn in
+    flight or a legal hold makes this a 409. The receipt's id is in the audit log."""
     runner = _runner(request)
-    saver = _saver(runner)
     key = scoped_thread_key(tenant, thread_id)
 
-    async def exists_and_owned() -> None:  # under the thread's lock
-        await _owned_record(runner, tenant, user, thread_id)
-        if await saver.aget_tuple({"configurable": {"thread_id": key}}) is None:
+    async def exists_owned_and_not_held(key: str) -> None:  # under the thread's lock
+        record = await _owned_record(runner, tenant, user, thread_id)
+        if record is None and await _saver(runner).aget_tuple(_config(tenant, thread_id)) is None:
             raise _not_found(thread_id)
+        await refuse_held(keeper, key)
 
-    admission, audit = request.app.state.admission, request.app.state.audit
+    keeper = request.app.state.serving.current.keeper
     return await erase_threads(
-        saver, admission, audit, tenant=tenant, keys=[key], check=exists_and_owned
+        keeper,
+        request.app.state.admission,
+        tenant=tenant,
+        keys=[key],
+        check=exists_owned_and_not_held,
     )

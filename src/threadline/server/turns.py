@@ -20,8 +20,10 @@ from langchain_core.runnables.utils import ConfigurableFieldSpec
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel
 
+from threadline.checkpointers.records import ARCHIVED
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
+from threadline.retention import ThreadKeeper
 from threadline.rules import MIN_CONTEXT_TOKENS, Strategy
 from threadline.server.held import release_turn, running_turn
 from threadline.server.idempotency import previous_result, turn_receipts
@@ -68,6 +70,10 @@ TURN_CONFIG_SPECS = [
 ]
 
 
+class ThreadArchivedError(Exception):
+    """A turn was sent to an archived thread."""
+
+
 @contextlib.contextmanager
 def graph_errors() -> Iterator[None]:
     """Turn failures the caller can act on into their HTTP status; the rest stay 500s."""
@@ -77,6 +83,10 @@ def graph_errors() -> Iterator[None]:
         yield
     except InvalidOverrideError as exc:
         raise HTTPException(422, str(exc)) from None
+    except ThreadArchivedError:
+        raise HTTPException(
+            409, "the thread is archived: restore it first (POST /threads/{thread_id}/restore)"
+        ) from None
     except BudgetTooSmallError as exc:
         raise HTTPException(422, f"max_context_tokens is too small: {exc}") from None
     except openai.APIError as exc:
@@ -91,9 +101,13 @@ class TurnRunner:
         graph: CompiledStateGraph[Any, Any, Any, Any],
         *,
         receipt_lifetime_seconds: float = DEFAULT_RECEIPT_LIFETIME_SECONDS,
+        keeper: ThreadKeeper | None = None,
+        restore_on_turn: bool = False,
     ) -> None:
         self.graph = graph
         self.receipt_lifetime_seconds = receipt_lifetime_seconds
+        self.keeper = keeper
+        self.restore_on_turn = restore_on_turn
         self._turns: set[asyncio.Future[None]] = set()  # streamed turns still running
 
     async def previous(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
@@ -106,9 +120,20 @@ class TurnRunner:
         before the run: the graph gives id-less input messages their ids in place)."""
         saver = self.graph.checkpointer
         assert saver is not None and not isinstance(saver, bool)
-        staged = StagedSaver(saver)
+        staged = StagedSaver(saver, on_no_checkpoint=self._unarchive)
         receipts = turn_receipts(config, input, self.receipt_lifetime_seconds)
         return self.graph.copy({"checkpointer": staged}), staged, receipts
+
+    async def _unarchive(self, thread_key: str) -> bool:
+        """A turn found no checkpoint: a new thread, or an archived one, which is restored
+        (`THREADLINE_RESTORE_ON_TURN`) or refused. True if it was restored."""
+        record = await records_of(self.graph.checkpointer).aget_thread_record(thread_key)
+        if record is None or record.status != ARCHIVED:
+            return False
+        if not self.restore_on_turn or self.keeper is None:
+            raise ThreadArchivedError(thread_key)
+        await self.keeper.restore(thread_key)
+        return True
 
     @staticmethod
     async def _commit(

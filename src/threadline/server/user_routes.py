@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 
 from threadline.server.auth import Tenant
-from threadline.server.erasure import ErasureReceipt, erase_threads, user_thread_keys
+from threadline.server.erasure import ErasureReceipt, erase_threads, refuse_held, user_threads
 from threadline.server.serving import ServingSlot
 from threadline.server.threads import id_in_path
 
@@ -18,17 +18,19 @@ UserId = Annotated[str, id_in_path()]
 
 @router.delete("/{user_id}", response_model=ErasureReceipt)
 async def erase_user(user_id: UserId, tenant: Tenant, request: Request) -> ErasureReceipt:
-    """Erase every thread of the user in this tenant, from every tier (0 if they have none).
+    """Erase every thread of the user in this tenant, from every tier and the archive (0 if
+    they have none). Threads on legal hold are kept and listed in `held_threads`.
 
     A thread in the middle of a turn makes this a 409 after the others are gone: retry."""
     slot: ServingSlot = request.app.state.serving
-    saver = slot.current.runner.graph.checkpointer
-    keys = await user_thread_keys(saver, tenant, user_id)  # type: ignore[arg-type]
+    keeper = slot.current.keeper
+    threads = await user_threads(keeper, tenant, user_id)
     return await erase_threads(
-        saver,  # type: ignore[arg-type]
+        keeper,
         request.app.state.admission,
-        request.app.state.audit,
         tenant=tenant,
-        keys=keys,
+        keys=[r.thread_key for r in threads if not r.hold],
         user_id=user_id,
+        held=[r.thread_id for r in threads if r.hold],
+        check=lambda key: refuse_held(keeper, key),
     )

@@ -17,3 +17,10 @@ CREATE INDEX IF NOT EXISTS threadline_threads_by_tenant
 
 CREATE INDEX IF NOT EXISTS threadline_threads_by_user
     ON threadline_threads (tenant, user_id, updated_at DESC, thread_key DESC);
+
+-- Retention (see threadline/retention): per-thread TTL, legal hold, live or archived, and the
+-- `updated_at` a sweep last handled. Added to tables made before retention existed.
+ALTER TABLE threadline_threads ADD COLUMN IF NOT EXISTS ttl_seconds double precision;
+ALTER TABLE threadline_threads ADD COLUMN IF NOT EXISTS hold boolean NOT NULL DEFAULT false;
+ALTER TABLE threadline_threads ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'live';
+ALTER TABLE threadline_threads ADD COLUMN IF NOT EXISTS swept_at double precision;

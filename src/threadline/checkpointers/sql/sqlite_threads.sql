@@ -8,7 +8,11 @@ CREATE TABLE IF NOT EXISTS threadline_threads (
     created_at REAL NOT NULL, -- Unix seconds
     updated_at REAL NOT NULL,
     message_count INTEGER NOT NULL,
-    metadata TEXT NOT NULL DEFAULT '{}'
+    metadata TEXT NOT NULL DEFAULT '{}',
+    ttl_seconds REAL,
+    hold INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'live',
+    swept_at REAL
 );
 
 CREATE INDEX IF NOT EXISTS threadline_threads_by_tenant

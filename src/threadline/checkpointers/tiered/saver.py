@@ -367,9 +367,22 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         return await self.durable.alist_thread_records(query)
 
     async def aupdate_thread_record(
-        self, thread_key: str, *, title: str | None, metadata: dict[str, Any] | None
+        self,
+        thread_key: str,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
     ) -> ThreadRecord | None:
-        return await self.durable.aupdate_thread_record(thread_key, title=title, metadata=metadata)
+        return await self.durable.aupdate_thread_record(thread_key, changes, expect=expect)
+
+    async def alist_expired_records(
+        self, now: float, default_ttl: float | None, limit: int
+    ) -> list[ThreadRecord]:
+        return await self.durable.alist_expired_records(now, default_ttl, limit)
+
+    async def adelete_checkpoints(self, thread_key: str, *, keep: str | None = None) -> None:
+        await self.durable.adelete_checkpoints(thread_key, keep=keep)
+        await self._invalidate_after_change((thread_key, WHOLE_THREAD), reset_floor=False)
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]

@@ -1,4 +1,4 @@
-"""The audit log: one JSON line per erasure (and, later, expiry and archive), never content.
+"""The audit log: one JSON line per erasure, expiry, archive and restore, never content.
 
 Ids are written as keyed hashes (HMAC-SHA256 with `THREADLINE_AUDIT_KEY`, else a key derived
 from `THREADLINE_AES_KEY`, else a random key kept beside the log), so the log can prove that a
@@ -13,7 +13,12 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from threadline.settings import Settings
 
 KEY_FILE_SUFFIX = ".key"
 
@@ -42,9 +47,10 @@ class AuditLog:
         tenant: str | None,
         user_id: str | None,
         thread_keys: list[str],
-        receipt: str,
+        receipt: str | None = None,
+        counts: Mapping[str, int] | None = None,
     ) -> None:
-        line = {
+        line: dict[str, Any] = {
             "at": time.time(),
             "action": action,
             "tenant": tenant,
@@ -52,6 +58,7 @@ class AuditLog:
             "threads": [self.hashed(key) for key in thread_keys],
             "count": len(thread_keys),
             "receipt_id": receipt,
+            **(counts or {}),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as out:
@@ -65,3 +72,10 @@ def audit_key(audit_key_setting: str | None, aes_key: str | None) -> bytes | Non
     if aes_key:
         return hmac.new(aes_key.encode(), b"threadline audit", hashlib.sha256).digest()
     return None
+
+
+def open_audit_log(settings: Settings) -> AuditLog:
+    """The deployment's audit log, keyed as `audit_key` says."""
+    key = settings.audit_key.get_secret_value() if settings.audit_key else None
+    aes = settings.aes_key.get_secret_value() if settings.aes_key else None
+    return AuditLog(settings.audit_log_path, audit_key(key, aes))

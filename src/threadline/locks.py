@@ -84,10 +84,13 @@ class LocalTurnLocks(_OneLockPerKey):
         lock = self._locks.setdefault(key, asyncio.Lock())
         self._users[key] = self._users.get(key, 0) + 1
         try:
-            try:
-                await asyncio.wait_for(lock.acquire(), _remaining(deadline))
-            except TimeoutError:
-                raise ThreadBusyError(key) from None
+            if lock.locked():  # (wait_for with no time left never tries a free lock)
+                try:
+                    await asyncio.wait_for(lock.acquire(), _remaining(deadline))
+                except TimeoutError:
+                    raise ThreadBusyError(key) from None
+            else:
+                await lock.acquire()
             try:
                 yield
             finally:
