@@ -172,3 +172,22 @@ async def test_the_cli_sweeps_and_restores(served: Any, tmp_path: Path) -> None:
     assert threadline("threads", "restore", "c1").returncode == 1  # not archived any more
     shown = threadline("threads", "show", "c1")
     assert "echo: hi" in shown.stdout or "hi" in shown.stdout
+
+
+async def test_an_archived_thread_is_not_erased_without_its_archive(
+    served: Any, postgres_db_url: str, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    retention = {"ttl_strategy": "archive", "archive_url": f"file://{archive}"}
+    async with served("postgres", **retention) as client:
+        assert (await client.post("/agent/invoke", json=turn("t", "hi"))).is_success
+        assert (await client.patch("/threads/t", json={"ttl": "1m"})).is_success
+        settings = settings_for(checkpointer="postgres", postgres_url=postgres_db_url, **retention)
+        assert await sweep_later(settings, 1) == ["t"]
+    async with served("postgres") as client:  # the archive setting was dropped
+        refused = await client.delete("/threads/t")
+        assert refused.status_code == 503 and "THREADLINE_ARCHIVE_URL" in refused.text
+        assert (await client.get("/threads/t")).json()["status"] == "archived"
+    async with served("postgres", **retention) as client:
+        assert (await client.delete("/threads/t")).status_code == 200
+    assert list(archive.iterdir()) == []

@@ -266,6 +266,7 @@ def users_erase(
     settings = load_settings(model=False)
     checked_thread_id(user_id)  # the same alphabet
     from threadline.locks import ThreadBusyError
+    from threadline.retention import NoArchiveError
     from threadline.server.erasure import erase_thread, user_threads
 
     async def main() -> tuple[int, str, list[str]]:
@@ -299,6 +300,8 @@ def users_erase(
         count, receipt_id, held = run(main)
     except ThreadBusyError:
         raise fail("a thread of this user is busy with a turn; run the command again", 1) from None
+    except NoArchiveError as exc:
+        raise fail(str(exc), 1) from None
     say(f"erased {count} threads of {user_id}; receipt {receipt_id}")
     if held:
         say(f"kept {len(held)} threads on legal hold: {', '.join(held)}")

@@ -99,7 +99,7 @@ class ThreadKeeper:
         """Cut the thread to one self-contained checkpoint holding its latest state."""
         state = await self.graph.aget_state(_config(record.thread_key))
         if state.created_at is None:
-            return False
+            return await self._nothing_stored(record)
         messages = list(state.values.get("messages") or [])
         written = await self.graph.aupdate_state(
             state.config, {"messages": Overwrite(messages)}, as_node=LAST_NODE
@@ -112,13 +112,21 @@ class ThreadKeeper:
         self._audit("keep_latest", record, messages=len(messages))
         return marked is not None
 
+    async def _nothing_stored(self, record: ThreadRecord) -> bool:
+        """A record without checkpoints has nothing to cut or archive: mark it swept, so it
+        does not come back at the head of every sweep."""
+        await self.records.aupdate_thread_record(
+            record.thread_key, {"swept_at": record.updated_at}
+        )
+        return False
+
     async def archive_thread(self, record: ThreadRecord) -> bool:
         """Move the thread to the archive: written and verified before anything is deleted."""
         if self.archive is None:
             raise NoArchiveError("THREADLINE_ARCHIVE_URL is not set")
         state = await self.graph.aget_state(_config(record.thread_key))
         if state.created_at is None:
-            return False
+            return await self._nothing_stored(record)
         name = object_name(record.thread_key)
         data = ArchivedThread(record, dict(state.values)).seal(self.serde)
         await self.archive.put(name, data)

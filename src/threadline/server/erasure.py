@@ -16,8 +16,8 @@ from contextlib import AsyncExitStack
 from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
-from threadline.checkpointers.records import RecordQuery, ThreadRecord
-from threadline.retention import ThreadKeeper
+from threadline.checkpointers.records import ARCHIVED, RecordQuery, ThreadRecord
+from threadline.retention import NoArchiveError, ThreadKeeper
 from threadline.retention.archive import object_name
 from threadline.server.admission import Admission, hold_threads
 from threadline.server.ownership import records_of
@@ -34,9 +34,19 @@ class ErasureReceipt(BaseModel):
 
 
 async def erase_thread(keeper: ThreadKeeper, thread_key: str) -> None:
-    """Delete the thread from every tier and the archive (the caller holds its lock)."""
+    """Delete the thread from every tier and the archive (the caller holds its lock).
+
+    An archived thread whose archive is not configured any more is refused (NoArchiveError):
+    deleting its record would leave its object behind, unfindable."""
     saver = keeper.graph.checkpointer
     assert saver is not None and not isinstance(saver, bool)
+    if keeper.archive is None:
+        record = await keeper.records.aget_thread_record(thread_key)
+        if record is not None and record.status == ARCHIVED:
+            raise NoArchiveError(
+                "the thread is archived but THREADLINE_ARCHIVE_URL is not set: "
+                "set it to erase the archived copy too"
+            )
     await saver.adelete_thread(thread_key)
     if keeper.archive is not None:
         await keeper.archive.delete(object_name(thread_key))
@@ -59,7 +69,10 @@ async def erase_threads(
             await hold_threads(stack, admission, [key])
             if check is not None:
                 await check(key)
-            await erase_thread(keeper, key)
+            try:
+                await erase_thread(keeper, key)
+            except NoArchiveError as exc:
+                raise HTTPException(503, str(exc)) from None
     receipt = ErasureReceipt(
         erased_threads=len(keys), receipt_id=uuid.uuid4().hex, held_threads=held or []
     )
