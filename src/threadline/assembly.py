@@ -19,6 +19,7 @@ from threadline.graph.context import Context, MemoryPolicy
 from threadline.graph.models import OfflineChatModel
 from threadline.graph.state import InputState, ThreadState
 from threadline.graph.tokens import make_token_counter
+from threadline.privacy import Detector, Protector
 from threadline.settings import FAKE_MODEL, Settings
 
 ModelOrFactory = BaseChatModel | Callable[[], BaseChatModel]
@@ -77,3 +78,20 @@ def make_graph(
     """The compiled agent, persisting through `checkpointer` when one is given."""
     builder = agent_builder(settings, model=model, policy=policy, tools=tools)
     return builder.compile(checkpointer=checkpointer, name=GRAPH_NAME)
+
+
+def protector(settings: Settings) -> Protector | None:
+    """What replaces sensitive values before a turn is stored (None when PII handling is off)."""
+    if settings.pii_strategy == "off":
+        return None
+    import hashlib
+    import hmac
+
+    secret = settings.pii_key or settings.aes_key
+    key = (
+        hmac.new(secret.get_secret_value().encode(), b"threadline pii", hashlib.sha256).digest()
+        if secret is not None
+        else b""
+    )
+    detector = Detector(settings.pii_entity_names, settings.pii_custom)
+    return Protector(settings.pii_strategy, detector, key)

@@ -116,7 +116,7 @@ def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to cont
     """Talk to the agent in the terminal; the thread continues across runs. Ctrl-D quits."""
     settings = load_settings()  # before importing the graph, which reads settings too
     config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
-    from threadline.assembly import make_graph
+    from threadline.assembly import make_graph, protector
     from threadline.checkpointers import open_checkpointer
 
     interactive = sys.stdin.isatty()
@@ -126,7 +126,11 @@ def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to cont
     async def main() -> None:
         async with open_checkpointer(settings) as saver:
             graph = make_graph(saver, settings)
-            runner = TurnRunner(graph)  # as served: stored whole, with the thread's record
+            runner = TurnRunner(  # as served: stored whole, with the record, protected
+                graph,
+                protector=protector(settings),
+                model_sees_protected=settings.pii_model_sees == "redacted",
+            )
             turns = len((await graph.aget_state(config)).values.get("messages", []))
             say(f"thread {thread_id}: {turns} messages so far. Ctrl-D to quit.")
             while True:

@@ -7,6 +7,7 @@ There is no global settings object: callers build `Settings()` at the edge (CLI,
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,8 @@ from threadline.rules import MIN_CONTEXT_TOKENS, Strategy, summary_ratios_proble
 
 CheckpointerKind = Literal["memory", "sqlite", "postgres", "redis", "tiered"]
 TtlStrategy = Literal["delete", "keep_latest", "archive"]
+PiiStrategy = Literal["off", "redact", "mask", "hash", "block"]
+PII_ENTITIES = "email,phone,credit_card,iban,ip,us_ssn,secret"
 
 FAKE_MODEL = "fake"
 
@@ -96,6 +99,16 @@ class Settings(BaseSettings):
     sweep_interval: str = "5m"
     sweep_limit: int = Field(default=1000, ge=1)
     restore_on_turn: bool = False
+
+    # Sensitive data found in a turn (`pii_entities`, plus `pii_custom` regexes by name) is
+    # replaced before anything is stored, or the turn is refused (`block`); the model sees the
+    # original in that turn unless `pii_model_sees=redacted`. `hash` needs `pii_key` or the
+    # AES key (equal values hash equal across replicas).
+    pii_strategy: PiiStrategy = "off"
+    pii_entities: str = PII_ENTITIES
+    pii_custom: dict[str, str] = Field(default_factory=dict)
+    pii_model_sees: Literal["original", "redacted"] = "original"
+    pii_key: SecretStr | None = None
     max_messages_per_request: int = Field(default=50, ge=1)
 
     @field_validator("model")
@@ -122,6 +135,10 @@ class Settings(BaseSettings):
     @property
     def thread_ttl_seconds(self) -> float | None:
         return parse_duration(self.thread_ttl) if self.thread_ttl else None
+
+    @property
+    def pii_entity_names(self) -> list[str]:
+        return [name.strip() for name in self.pii_entities.split(",") if name.strip()]
 
     @property
     def sweep_interval_seconds(self) -> float:
@@ -176,6 +193,17 @@ class Settings(BaseSettings):
                 "THREADLINE_TTL_STRATEGY=keep_latest is not available on "
                 "THREADLINE_CHECKPOINTER=redis (use delete or archive, or tiered/postgres)"
             )
+        if self.pii_strategy == "hash" and self.pii_key is None and self.aes_key is None:
+            raise SettingsError(
+                "THREADLINE_PII_STRATEGY=hash needs THREADLINE_PII_KEY or THREADLINE_AES_KEY"
+            )
+        if self.pii_strategy != "off":
+            from threadline.privacy import Detector
+
+            try:
+                Detector(self.pii_entity_names, self.pii_custom)
+            except (ValueError, re.error) as exc:
+                raise SettingsError(f"THREADLINE_PII_ENTITIES/PII_CUSTOM: {exc}") from None
         if problem := summary_ratios_problem(self.summary_target_ratio, self.summary_trigger_ratio):
             raise SettingsError(f"THREADLINE_SUMMARY_TARGET_RATIO/TRIGGER_RATIO: {problem}")
         return self

@@ -35,6 +35,7 @@ class BudgetTelemetry(TypedDict):
     unfolded_tokens: NotRequired[int]  # summarize only: the view if nothing were trimmed
     percent_of_trigger: NotRequired[float]  # summarize only: 100 = the next step folds
     summary_error: NotRequired[str]  # exception type of a failed or timed-out summary call
+    pii_detections: NotRequired[dict[str, int]]  # values protected before storing, by type
 
 
 class InputState(TypedDict):

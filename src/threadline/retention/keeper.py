@@ -115,9 +115,7 @@ class ThreadKeeper:
     async def _nothing_stored(self, record: ThreadRecord) -> bool:
         """A record without checkpoints has nothing to cut or archive: mark it swept, so it
         does not come back at the head of every sweep."""
-        await self.records.aupdate_thread_record(
-            record.thread_key, {"swept_at": record.updated_at}
-        )
+        await self.records.aupdate_thread_record(record.thread_key, {"swept_at": record.updated_at})
         return False
 
     async def archive_thread(self, record: ThreadRecord) -> bool:

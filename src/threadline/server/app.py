@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from langserve import add_routes
 
-from threadline.assembly import make_graph, memory_policy
+from threadline.assembly import make_graph, memory_policy, protector
 from threadline.audit import open_audit_log
 from threadline.checkpointers import open_checkpointer
 from threadline.locks import open_turn_locks
@@ -98,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 receipt_lifetime_seconds=settings.idempotency_ttl_seconds,
                 keeper=keeper,
                 restore_on_turn=settings.restore_on_turn,
+                protector=protector(settings),
+                model_sees_protected=settings.pii_model_sees == "redacted",
             )
             serving.fill(Serving(runner, locks, keeper))
             sweeper = Sweeper(

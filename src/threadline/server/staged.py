@@ -4,10 +4,16 @@ LangGraph saves a checkpoint at the end of a run even when a node raised, so a f
 would leave the human message in the thread without its reply. Running each turn against a
 `StagedSaver` (with `durability="exit"`: one checkpoint per turn) and committing only after
 success means a turn is either stored whole or not at all.
+
+With a `Protector`, the commit is also where sensitive values leave a turn: every checkpoint,
+write and the thread's record are protected on their way to the real saver, so no tier (nor
+the archive, exports or hot copies made from them) ever receives a detected value in clear —
+the turn's input checkpoint included, since nothing is written before the commit.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +28,9 @@ from langgraph.checkpoint.base import (
     get_checkpoint_id,
 )
 
+from threadline.checkpointers.records import RECORD_METADATA
+from threadline.privacy import Protector
+
 
 class StagedSaver(BaseCheckpointSaver):
     """Async-only (the inherited sync methods raise): the server runs every turn on the loop."""
@@ -31,12 +40,14 @@ class StagedSaver(BaseCheckpointSaver):
         saver: BaseCheckpointSaver,
         *,
         on_no_checkpoint: Callable[[str], Awaitable[bool]] | None = None,
+        protector: Protector | None = None,
     ) -> None:
         """`on_no_checkpoint(thread_key)` runs when the turn finds its thread empty; True means
         it stored a checkpoint meanwhile (a restored archive), which the turn then reads."""
         super().__init__(serde=saver.serde)
         self._saver = saver
         self._on_no_checkpoint = on_no_checkpoint
+        self._protector = protector
         self._staged: list[tuple[str, tuple[Any, ...]]] = []
 
     @property
@@ -100,16 +111,46 @@ class StagedSaver(BaseCheckpointSaver):
     ) -> None:
         self._staged.append(("aput_writes", (config, writes, task_id, task_path)))
 
-    async def commit(self, final_metadata: Mapping[str, Any] | None = None) -> None:
-        """Write what the turn staged, in the order LangGraph produced it.
+    async def commit(self, final_metadata: Mapping[str, Any] | None = None) -> Counter[str]:
+        """Write what the turn staged, in the order LangGraph produced it; return what was
+        protected, by entity (the counts also join the last checkpoint's telemetry).
 
         `final_metadata` joins the metadata of the turn's last checkpoint, the one holding
-        its result (used for the turn's receipts)."""
+        its result (used for the turn's receipts and record)."""
         staged, self._staged = self._staged, []
         last_put = max((i for i, (m, _) in enumerate(staged) if m == "aput"), default=None)
         if final_metadata and last_put is not None:
             config, checkpoint, metadata, versions = staged[last_put][1]
             metadata = {**metadata, **final_metadata}
             staged[last_put] = ("aput", (config, checkpoint, metadata, versions))
+        counts: Counter[str] = Counter()
+        if self._protector is not None:
+            staged = [self._protected(method, args, counts) for method, args in staged]
+            if counts and last_put is not None:
+                staged[last_put] = ("aput", _with_detections(staged[last_put][1], counts))
         for method, args in staged:
             await getattr(self._saver, method)(*args)
+        return counts
+
+    def _protected(
+        self, method: str, args: tuple[Any, ...], counts: Counter[str]
+    ) -> tuple[str, tuple[Any, ...]]:
+        protector = self._protector
+        assert protector is not None
+        if method == "aput_writes":
+            config, writes, task_id, task_path = args
+            return method, (config, protector.writes(writes, counts), task_id, task_path)
+        config, checkpoint, metadata, versions = args
+        if isinstance(record := metadata.get(RECORD_METADATA), Mapping):
+            metadata = {**metadata, RECORD_METADATA: protector.record(record, counts)}
+        return method, (config, protector.checkpoint(checkpoint, counts), metadata, versions)
+
+
+def _with_detections(args: tuple[Any, ...], counts: Counter[str]) -> tuple[Any, ...]:
+    """The checkpoint with the turn's detection counts in its telemetry (no values)."""
+    config, checkpoint, metadata, versions = args
+    values = dict(checkpoint.get("channel_values") or {})
+    if isinstance(telemetry := values.get("telemetry"), Mapping):
+        values["telemetry"] = {**telemetry, "pii_detections": dict(counts)}
+        checkpoint = {**checkpoint, "channel_values": values}
+    return config, checkpoint, metadata, versions

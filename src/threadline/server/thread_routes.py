@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections import Counter
 from contextlib import AsyncExitStack
 from typing import Annotated, Any
 
@@ -271,8 +272,19 @@ async def patch_thread(
     runner = _runner(request)
     if await _owned_record(runner, tenant, user, thread_id) is None:
         raise _not_found(thread_id)
+    changes = patch.changes()
+    if (protector := runner.protector) is not None:  # titles and metadata are stored text too
+        counts: Counter[str] = Counter()
+        protected = protector.record(
+            {"title": changes.get("title", ""), "metadata": changes.get("metadata", {})}, counts
+        )
+        if counts and protector.strategy == "block":
+            raise HTTPException(
+                422, "the record holds sensitive data: " + ", ".join(sorted(counts))
+            )
+        changes.update({name: protected[name] for name in ("title", "metadata") if name in changes})
     updated = await records_of(runner.graph.checkpointer).aupdate_thread_record(
-        scoped_thread_key(tenant, thread_id), patch.changes()
+        scoped_thread_key(tenant, thread_id), changes
     )
     if updated is None:  # deleted meanwhile
         raise _not_found(thread_id)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal, get_args
 
@@ -23,6 +25,7 @@ from pydantic import BaseModel
 from threadline.checkpointers.records import ARCHIVED
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
+from threadline.privacy import Protector
 from threadline.retention import ThreadKeeper
 from threadline.rules import MIN_CONTEXT_TOKENS, Strategy
 from threadline.server.held import release_turn, running_turn
@@ -32,6 +35,7 @@ from threadline.server.responses import ReplyChunk, TurnOutput, TurnOutputSchema
 from threadline.server.staged import StagedSaver
 
 DEFAULT_RECEIPT_LIFETIME_SECONDS = 24 * 3600
+log = logging.getLogger("threadline.server")
 
 TURN_CONFIG_SPECS = [
     ConfigurableFieldSpec(
@@ -103,11 +107,15 @@ class TurnRunner:
         receipt_lifetime_seconds: float = DEFAULT_RECEIPT_LIFETIME_SECONDS,
         keeper: ThreadKeeper | None = None,
         restore_on_turn: bool = False,
+        protector: Protector | None = None,
+        model_sees_protected: bool = False,
     ) -> None:
         self.graph = graph
         self.receipt_lifetime_seconds = receipt_lifetime_seconds
         self.keeper = keeper
         self.restore_on_turn = restore_on_turn
+        self.protector = protector
+        self.model_sees_protected = model_sees_protected
         self._turns: set[asyncio.Future[None]] = set()  # streamed turns still running
 
     async def previous(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
@@ -120,7 +128,7 @@ class TurnRunner:
         before the run: the graph gives id-less input messages their ids in place)."""
         saver = self.graph.checkpointer
         assert saver is not None and not isinstance(saver, bool)
-        staged = StagedSaver(saver, on_no_checkpoint=self._unarchive)
+        staged = StagedSaver(saver, on_no_checkpoint=self._unarchive, protector=self.protector)
         receipts = turn_receipts(config, input, self.receipt_lifetime_seconds)
         return self.graph.copy({"checkpointer": staged}), staged, receipts
 
@@ -135,6 +143,23 @@ class TurnRunner:
         await self.keeper.restore(thread_key)
         return True
 
+    def screened(self, input: Any) -> Any:
+        """The turn's input as the graph gets it: refused (422) if it holds sensitive values
+        under `block`; protected if the model is to see only the protected form."""
+        if self.protector is None:
+            return input
+        if self.protector.strategy == "block":
+            if found := self.protector.findings(input):
+                raise HTTPException(
+                    422,
+                    "the message holds sensitive data and was not stored: "
+                    + ", ".join(sorted(found)),
+                )
+            return input
+        if self.model_sees_protected:
+            return self.protector.value(input, Counter())
+        return input
+
     @staticmethod
     async def _commit(
         staged: StagedSaver, config: RunnableConfig, receipts: dict[str, Any], state: Any
@@ -142,7 +167,9 @@ class TurnRunner:
         """Store the turn, its receipts and its thread's record, in the saver's one write."""
         final = {**receipts, **turn_record(config, state)}
         with anyio.CancelScope(shield=True):  # a turn that finished is stored, disconnect or not
-            await staged.commit(final)
+            protected = await staged.commit(final)
+        if protected:
+            log.info("turn stored with sensitive values protected: %s", dict(protected))
 
     async def invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         """The first result of a retried turn, or the state a new turn stored."""
@@ -153,8 +180,9 @@ class TurnRunner:
     async def run(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         """Run and store a new turn (callers check `previous` first)."""
         graph, staged, receipts = self._staged(config, input)
+        screened = self.screened(input)
         with graph_errors():
-            output = await graph.ainvoke(input, config, durability="exit")
+            output = await graph.ainvoke(screened, config, durability="exit")
         await self._commit(staged, config, receipts, output)
         return dict(output)
 
@@ -168,6 +196,7 @@ class TurnRunner:
         event instead.
         """
         graph, staged, receipts = self._staged(config, input)
+        screened = self.screened(input)
         chunks: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
         wanted = kwargs.pop("stream_mode", "values")
@@ -178,7 +207,7 @@ class TurnRunner:
             try:
                 with graph_errors():
                     async for mode, chunk in graph.astream(
-                        input,
+                        screened,
                         config,
                         durability="exit",
                         stream_mode=list(dict.fromkeys([*modes, "values"])),
