@@ -218,3 +218,60 @@ async def test_no_detected_value_is_stored_in_clear(
     for name, value in VALUES.items():
         assert found_in_stores(backend, stores, value) == [], name
         assert value not in logs, name
+
+
+async def test_the_model_can_be_kept_from_seeing_the_values(
+    openai_stub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in openai_stub.env().items():
+        monkeypatch.setenv(name, value)
+    settings = settings_for(
+        model="openai:gpt-4o-mini",
+        checkpointer="memory",
+        pii_strategy="redact",
+        pii_model_sees="redacted",
+        pii_custom={"employee_id": r"EMP-\d{6}"},
+    ).check()
+    async with open_checkpointer(settings) as saver:
+        runner = TurnRunner(
+            make_graph(saver, settings), protector=protector(settings), model_sees_protected=True
+        )
+        text = "I am EMP-123456, write to ada@example.com"
+        await runner.invoke(
+            {"messages": [HumanMessage(text)]}, {"configurable": {"thread_id": "t"}}
+        )
+    sent = json.dumps(openai_stub.requests[0].body)
+    assert "ada@example.com" not in sent and "EMP-123456" not in sent
+    assert "[EMAIL]" in sent and "[EMPLOYEE_ID]" in sent
+
+
+def test_bad_pii_settings_stop_start_up() -> None:
+    from threadline.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="unknown PII entities"):
+        settings_for(model="fake", pii_strategy="redact", pii_entities="email,passport").check()
+    with pytest.raises(SettingsError, match="PII_CUSTOM"):
+        settings_for(model="fake", pii_strategy="redact", pii_custom={"x": "("}).check()
+    with pytest.raises(SettingsError, match="needs THREADLINE_PII_KEY"):
+        settings_for(model="fake", pii_strategy="hash").check()
+
+
+async def test_over_http_block_is_a_422_and_titles_are_protected(served: Any) -> None:
+    from tests.test_erasure import turn
+
+    async with served("sqlite", pii_strategy="block") as client:
+        refused = await client.post("/agent/invoke", json=turn("b", "card 4111 1111 1111 1111"))
+        assert refused.status_code == 422 and "credit_card" in refused.text
+        assert (await client.get("/threads/b")).status_code == 404
+    async with served("sqlite", pii_strategy="redact") as client:
+        stored = await client.post("/agent/invoke", json=turn("r", "mail ada@example.com"))
+        assert stored.status_code == 200
+        shown = (await client.get("/threads/r")).json()
+        assert shown["record"]["title"] == "mail [EMAIL]"
+        assert shown["messages"][0]["content"] == "mail [EMAIL]"
+        renamed = await client.patch(
+            "/threads/r",
+            json={"title": "for bob@example.com", "metadata": {"to": "bob@example.com"}},
+        )
+        assert renamed.json()["title"] == "for [EMAIL]"
+        assert renamed.json()["metadata"] == {"to": "[EMAIL]"}

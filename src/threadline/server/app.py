@@ -101,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 protector=protector(settings),
                 model_sees_protected=settings.pii_model_sees == "redacted",
             )
+            if runner.protector is not None:  # load the recognizers now, not in the first turn
+                await asyncio.to_thread(runner.protector.detector.find, "")
             serving.fill(Serving(runner, locks, keeper))
             sweeper = Sweeper(
                 keeper,
