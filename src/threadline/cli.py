@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -95,13 +96,20 @@ def serve(
         f"checkpointer={settings.checkpointer}  playground http://{host}:{port}/chat/playground/",
         highlight=False,
     )
+    if workers > 1:  # the workers' metrics meet in one directory, read by /metrics
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="threadline-metrics-")
+    from threadline.observability.logs import logging_config
+
     uvicorn.run(
         "threadline.server.app:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_level="info",
+        log_level=settings.log_level,
+        log_config=logging_config(settings.log_level, settings.log_format),
         http="threadline.server.connections:GuardedHttpToolsProtocol",
         timeout_keep_alive=int(max(settings.keep_alive_seconds, 1)),
     )

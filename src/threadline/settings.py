@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=0.1, gt=0)
     aes_key: SecretStr | None = None
 
+    # Operations: log level and format (text, or one JSON object per line), and whether
+    # /metrics is served without an API key when keys are set.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    metrics_public: bool = False
+
     # Server
     api_keys: SecretStr | None = Field(
         default=None, description="`key1:tenant1,key2:tenant2`; unset = single tenant."

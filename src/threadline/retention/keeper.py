@@ -27,6 +27,7 @@ from langgraph.types import Overwrite
 
 from threadline.audit import AuditLog
 from threadline.checkpointers.records import ARCHIVED, LIVE, KeepsThreadRecords, ThreadRecord
+from threadline.observability.metrics import RETENTION
 from threadline.retention.archive import ArchivedThread, ArchiveError, ArchiveStore, object_name
 
 TtlStrategy = Literal["delete", "keep_latest", "archive"]
@@ -69,6 +70,7 @@ class ThreadKeeper:
         return saver.serde
 
     def _audit(self, action: str, record: ThreadRecord, **counts: int) -> None:
+        RETENTION.labels(action=action).inc()
         self.audit.record(
             action,
             tenant=record.tenant or None,

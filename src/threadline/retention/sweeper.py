@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from threadline.checkpointers.records import ThreadRecord
 from threadline.locks import ThreadBusyError, TurnLocks
+from threadline.observability.metrics import SWEEPS
 from threadline.retention.keeper import ThreadKeeper, TtlStrategy
 
 log = logging.getLogger("threadline.retention")
@@ -81,6 +82,8 @@ class Sweeper:
         except Exception as exc:  # a store or the archive failed: report it, retry next time
             report.error = f"{type(exc).__name__}: {exc}"
             log.warning("sweep stopped: %s", report.error)
+        result = "lease_taken" if report.lease_taken else "error" if report.error else "ok"
+        SWEEPS.labels(result=result).inc()
         return report
 
     async def _sweep(

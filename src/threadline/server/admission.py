@@ -8,6 +8,7 @@ LangServe then calls `agent_config` once per run config to put the tenant-scoped
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from fastapi import HTTPException, Request
 
 from threadline.graph.context import InvalidOverrideError, MemoryPolicy
 from threadline.locks import LockBackendError, ThreadBusyError
+from threadline.observability.metrics import LOCK_WAIT, TURNS
 from threadline.server.auth import authenticate
 from threadline.server.held import HELD, HeldThreads
 from threadline.server.idempotency import (
@@ -58,9 +60,11 @@ async def hold_threads(stack: AsyncExitStack, admission: Admission, keys: list[s
     """Lock `keys` for the rest of the request, or answer 409 (busy) / 503 (lock store down)."""
     if not keys:
         return
+    started = time.perf_counter()
     try:
         await stack.enter_async_context(admission.held(keys))
     except ThreadBusyError:
+        LOCK_WAIT.observe(time.perf_counter() - started)
         raise HTTPException(
             409,
             f"the thread is busy with another turn (waited {admission.lock_timeout:g}s); "
@@ -68,6 +72,7 @@ async def hold_threads(stack: AsyncExitStack, admission: Admission, keys: list[s
         ) from None
     except LockBackendError as exc:
         raise HTTPException(503, str(exc)) from None
+    LOCK_WAIT.observe(time.perf_counter() - started)
 
 
 @asynccontextmanager
@@ -79,7 +84,11 @@ async def turn_held(
     not at all, never keeps its thread (or a lock connection) past its turn. A turn still
     running when its client has gone keeps the threads until it ends."""
     stack = AsyncExitStack()
-    await hold_threads(stack, admission, keys)
+    try:
+        await hold_threads(stack, admission, keys)
+    except HTTPException as exc:
+        TURNS.labels(outcome="conflict" if exc.status_code == 409 else "store_unavailable").inc()
+        raise
     released = False
 
     async def release() -> None:

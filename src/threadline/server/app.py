@@ -14,16 +14,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from langserve import add_routes
 
 from threadline.assembly import make_graph, memory_policy, protector
 from threadline.audit import open_audit_log
 from threadline.checkpointers import open_checkpointer
 from threadline.locks import open_turn_locks
+from threadline.observability.metrics import exposition
 from threadline.retention import Sweeper, ThreadKeeper, open_archive
 from threadline.server.admission import Admission, admit_agent_turns, agent_config
-from threadline.server.auth import ApiKeys, warn_if_open
+from threadline.server.auth import ApiKeys, require_tenant, warn_if_open
 from threadline.server.chat import (
     CHAT_PATH,
     ChatAgent,
@@ -37,6 +38,7 @@ from threadline.server.docs import add_protected_docs
 from threadline.server.limits import Limits
 from threadline.server.openapi import documented_openapi
 from threadline.server.outages import install_outage_handlers
+from threadline.server.request_ids import RequestIds
 from threadline.server.serving import Serving, ServingSlot
 from threadline.server.streams import EndFailedStreams
 from threadline.server.thread_routes import router as threads_router
@@ -137,9 +139,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.admission = admission
     app.state.serving = serving
     app.add_middleware(ChatThreadCookie)
+    app.add_middleware(RequestIds)
     app.add_middleware(EndFailedStreams)
     app.add_middleware(BodyDeadline, seconds=settings.body_timeout_seconds)
     install_outage_handlers(app)
+
+    metrics_guard = [] if settings.metrics_public else [Depends(require_tenant)]
+
+    @app.get("/metrics", tags=["health"], dependencies=metrics_guard)
+    async def metrics() -> Response:
+        """Prometheus metrics (every worker's); behind the API key unless published."""
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

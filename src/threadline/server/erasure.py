@@ -17,6 +17,7 @@ from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
 from threadline.checkpointers.records import ARCHIVED, RecordQuery, ThreadRecord
+from threadline.observability.metrics import RETENTION
 from threadline.retention import NoArchiveError, ThreadKeeper
 from threadline.retention.archive import object_name
 from threadline.server.admission import Admission, hold_threads
@@ -73,6 +74,7 @@ async def erase_threads(
                 await erase_thread(keeper, key)
             except NoArchiveError as exc:
                 raise HTTPException(503, str(exc)) from None
+    RETENTION.labels(action="erase").inc(len(keys))
     receipt = ErasureReceipt(
         erased_threads=len(keys), receipt_id=uuid.uuid4().hex, held_threads=held or []
     )

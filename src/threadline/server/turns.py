@@ -10,21 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Literal, get_args
 
 import anyio
 from fastapi import HTTPException
 from langchain_core.messages import AIMessageChunk
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import merge_configs
 from langchain_core.runnables.utils import ConfigurableFieldSpec
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel
 
+from threadline.checkpointers.durable import CheckpointStoreUnavailable
 from threadline.checkpointers.records import ARCHIVED
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
+from threadline.observability.metrics import TURN_DURATION, TURNS, observe_telemetry
+from threadline.observability.model_timer import ModelTimer
 from threadline.privacy import Protector
 from threadline.retention import ThreadKeeper
 from threadline.rules import MIN_CONTEXT_TOKENS, Strategy
@@ -78,6 +83,40 @@ class ThreadArchivedError(Exception):
     """A turn was sent to an archived thread."""
 
 
+OUTCOMES = {409: "conflict", 413: "invalid", 422: "invalid", 502: "model_error"}
+
+
+@contextlib.contextmanager
+def counted_turn() -> Iterator[None]:
+    """Count the turn by outcome and time it; a refused or failed one is logged with its
+    cause (never its text)."""
+    started = time.perf_counter()
+    try:
+        yield
+    except HTTPException as exc:
+        outcome = OUTCOMES.get(
+            exc.status_code, "store_unavailable" if exc.status_code == 503 else "error"
+        )
+        TURNS.labels(outcome=outcome).inc()
+        log.info("turn refused: %s (%s)", exc.status_code, outcome)
+        raise
+    except CheckpointStoreUnavailable:
+        TURNS.labels(outcome="store_unavailable").inc()
+        log.warning("turn failed: the checkpoint store is unavailable")
+        raise
+    except Exception as exc:
+        TURNS.labels(outcome="error").inc()
+        log.warning("turn failed: %s", type(exc).__name__)
+        raise
+    TURNS.labels(outcome="ok").inc()
+    TURN_DURATION.observe(time.perf_counter() - started)
+
+
+def timed(config: RunnableConfig) -> RunnableConfig:
+    """`config` with the model-call timer among its callbacks."""
+    return merge_configs(config, {"callbacks": [ModelTimer()]})
+
+
 @contextlib.contextmanager
 def graph_errors() -> Iterator[None]:
     """Turn failures the caller can act on into their HTTP status; the rest stay 500s."""
@@ -94,6 +133,7 @@ def graph_errors() -> Iterator[None]:
     except BudgetTooSmallError as exc:
         raise HTTPException(422, f"max_context_tokens is too small: {exc}") from None
     except openai.APIError as exc:
+        log.warning("model call failed: %s", type(exc).__name__)
         raise HTTPException(502, f"the model call failed ({type(exc).__name__})") from None
 
 
@@ -121,7 +161,10 @@ class TurnRunner:
     async def previous(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
         """The first result of a retried turn (None for a new turn); 404 for a non-owner."""
         await check_turn_owner(self.graph.checkpointer, config)
-        return await previous_result(self.graph, config, input)
+        found = await previous_result(self.graph, config, input)
+        if found is not None:
+            TURNS.labels(outcome="replayed").inc()
+        return found
 
     def _staged(self, config: RunnableConfig, input: Any) -> tuple[Any, StagedSaver, Any]:
         """The graph on a staging saver, and the receipts its commit will record (taken
@@ -170,6 +213,8 @@ class TurnRunner:
             protected = await staged.commit(final)
         if protected:
             log.info("turn stored with sensitive values protected: %s", dict(protected))
+        telemetry = dict(state.get("telemetry") or {}) if isinstance(state, Mapping) else {}
+        observe_telemetry({**telemetry, "pii_detections": dict(protected)})
 
     async def invoke(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         """The first result of a retried turn, or the state a new turn stored."""
@@ -179,12 +224,13 @@ class TurnRunner:
 
     async def run(self, input: Any, config: RunnableConfig) -> dict[str, Any]:
         """Run and store a new turn (callers check `previous` first)."""
-        graph, staged, receipts = self._staged(config, input)
-        screened = self.screened(input)
-        with graph_errors():
-            output = await graph.ainvoke(screened, config, durability="exit")
-        await self._commit(staged, config, receipts, output)
-        return dict(output)
+        with counted_turn():
+            graph, staged, receipts = self._staged(config, input)
+            screened = self.screened(input)
+            with graph_errors():
+                output = await graph.ainvoke(screened, timed(config), durability="exit")
+            await self._commit(staged, config, receipts, output)
+            return dict(output)
 
     async def stream(self, input: Any, config: RunnableConfig, **kwargs: Any) -> AsyncIterator[Any]:
         """The graph's stream for a new turn (callers check `previous` first).
@@ -205,10 +251,10 @@ class TurnRunner:
         async def run() -> None:
             final: Any = {}
             try:
-                with graph_errors():
+                with counted_turn(), graph_errors():
                     async for mode, chunk in graph.astream(
                         screened,
-                        config,
+                        timed(config),
                         durability="exit",
                         stream_mode=list(dict.fromkeys([*modes, "values"])),
                         **kwargs,
@@ -218,7 +264,7 @@ class TurnRunner:
                         if mode in modes:
                             item = chunk if isinstance(wanted, str) else (mode, chunk)
                             chunks.put_nowait(("chunk", item))
-                await self._commit(staged, config, receipts, final)
+                    await self._commit(staged, config, receipts, final)
                 chunks.put_nowait(("stored", None))
             except BaseException as exc:
                 chunks.put_nowait(("failed", exc))

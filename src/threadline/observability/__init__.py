@@ -1,0 +1,1 @@
+"""What an operator sees: logs with request ids, and Prometheus metrics."""
