@@ -121,3 +121,54 @@ def test_serve_logs_json_lines_with_request_ids_and_no_text(
         line["request_id"] == "req-43" and "model call failed" in line["message"] for line in lines
     ), "the model failure is logged with its cause"
     assert canary not in server.log_path.read_text()
+
+
+async def test_hot_tier_and_pool_metrics(served: Any) -> None:
+    from threadline.dev.services import free_port
+
+    async with served("tiered") as client:
+        before = await scrape(client)
+        for text in ("one", "two", "three"):
+            assert (await client.post("/agent/invoke", json=turn("hot", text))).status_code == 200
+        after = await scrape(client)
+    assert moved(before, after, "threadline_hot_reads_total", result="hit") >= 2
+    for tier, op in (("hot", "get"), ("hot", "put"), ("durable", "put"), ("all", "get")):
+        labels = {"backend": "tiered", "tier": tier, "op": op}
+        assert moved(before, after, "threadline_checkpoint_op_duration_seconds_count", **labels) > 0
+    assert after[("threadline_pool_connections", (("state", "size"), ("store", "postgres")))] > 0
+    assert ("threadline_pool_connections", (("state", "in_use"), ("store", "redis"))) in after
+
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    async with served("tiered", redis_url=dead_redis) as client:
+        before = await scrape(client)
+        assert (await client.post("/agent/invoke", json=turn("cold", "hi"))).status_code == 200
+        after = await scrape(client)
+    assert moved(before, after, "threadline_hot_reads_total", result="fallback") >= 1
+    assert after[("threadline_hot_breaker_open", ())] == 1
+
+
+def test_two_workers_report_together(
+    server_process: Any, openai_stub: Any, postgres_db_url: str
+) -> None:
+    server = server_process(
+        {
+            "THREADLINE_CHECKPOINTER": "postgres",
+            "THREADLINE_POSTGRES_URL": postgres_db_url,
+            "THREADLINE_MODEL": "openai:gpt-4o-mini",
+            **openai_stub.env(),
+        },
+        args=("--workers", "2"),
+    )
+    turns = 12
+    with httpx.Client(base_url=server.url, timeout=30) as client:  # new connections: both workers
+        for n in range(turns):
+            response = client.post(
+                "/agent/invoke", json=turn(f"w{n}", "hi"), headers={"Connection": "close"}
+            )
+            assert response.status_code == 200
+        families = text_string_to_metric_families(client.get("/metrics").text)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples
+    }
+    assert samples[("threadline_turns_total", (("outcome", "ok"),))] == turns
+    assert samples[("threadline_turn_duration_seconds_count", ())] == turns

@@ -8,19 +8,23 @@ the workers start, each worker writes its samples there, and `/metrics` aggregat
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
 
+STORE_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 TURN_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TOKENS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 RATIO = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -59,7 +63,54 @@ RETENTION = Counter(
     "Threads handled by retention: expire, keep_latest, archive, restore, erase.",
     ["action"],
 )
+CHECKPOINT_OPS = Histogram(
+    "threadline_checkpoint_op_duration_seconds",
+    "Checkpoint store operations: backend, tier (hot, durable, or all of the backend), op.",
+    ["backend", "tier", "op"],
+    buckets=STORE_SECONDS,
+)
+HOT_READS = Counter(
+    "threadline_hot_reads_total",
+    "Tiered reads of a thread's latest checkpoint: hit (Redis served it), miss (Postgres, "
+    "then Redis warmed), fallback (Redis unavailable or its breaker open).",
+    ["result"],
+)
+HOT_BREAKER_OPEN = Gauge(
+    "threadline_hot_breaker_open",
+    "1 while the hot tier's breaker is open (serving from Postgres).",
+    multiprocess_mode="livemax",
+)
+POOL_CONNECTIONS = Gauge(
+    "threadline_pool_connections",
+    "Connections of the store pools: store (postgres, redis), state (size, in_use, waiting).",
+    ["store", "state"],
+    multiprocess_mode="livesum",
+)
 SWEEPS = Counter("threadline_sweeps_total", "Retention sweeps, by result.", ["result"])
+
+
+BACKENDS = {
+    "MemorySaver": "memory",
+    "SqliteSaver": "sqlite",
+    "DurablePostgresSaver": "postgres",
+    "RedisSaver": "redis",
+    "TieredSaver": "tiered",
+}
+
+
+def backend_of(saver: object) -> str:
+    return BACKENDS.get(type(saver).__name__, type(saver).__name__.lower())
+
+
+@contextlib.contextmanager
+def timed_op(backend: str, tier: str, op: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        CHECKPOINT_OPS.labels(backend=backend, tier=tier, op=op).observe(
+            time.perf_counter() - started
+        )
 
 
 def observe_telemetry(telemetry: Mapping[str, Any] | None) -> None:

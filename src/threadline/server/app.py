@@ -22,6 +22,7 @@ from threadline.audit import open_audit_log
 from threadline.checkpointers import open_checkpointer
 from threadline.locks import open_turn_locks
 from threadline.observability.metrics import exposition
+from threadline.observability.pools import observe_pools, observe_pools_every
 from threadline.retention import Sweeper, ThreadKeeper, open_archive
 from threadline.server.admission import Admission, admit_agent_turns, agent_config
 from threadline.server.auth import ApiKeys, require_tenant, warn_if_open
@@ -49,6 +50,7 @@ from threadline.settings import Settings
 AGENT_PATH = "/agent"
 READY_PROBE_THREAD = "threadline-readyz"
 READY_TIMEOUT_SECONDS = 3.0
+POOL_REFRESH_SECONDS = 5.0
 
 
 async def _probe(check: Awaitable[Any]) -> str:
@@ -113,13 +115,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.thread_ttl_seconds,
                 settings.sweep_limit,
             )
-            sweeping = asyncio.create_task(sweep_periodically(sweeper, settings))
+            background = [
+                asyncio.create_task(sweep_periodically(sweeper, settings)),
+                asyncio.create_task(observe_pools_every(saver, POOL_REFRESH_SECONDS)),
+            ]
             try:
                 yield
             finally:
-                sweeping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeping
+                for task in background:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 serving.fill(None)
 
     protect_docs = api_keys is not None and not settings.publish_docs
@@ -149,6 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/metrics", tags=["health"], dependencies=metrics_guard)
     async def metrics() -> Response:
         """Prometheus metrics (every worker's); behind the API key unless published."""
+        if serving.ready:
+            observe_pools(serving.current.runner.graph.checkpointer)
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 

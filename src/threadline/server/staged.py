@@ -29,6 +29,7 @@ from langgraph.checkpoint.base import (
 )
 
 from threadline.checkpointers.records import RECORD_METADATA
+from threadline.observability.metrics import backend_of, timed_op
 from threadline.privacy import Protector
 
 
@@ -48,6 +49,7 @@ class StagedSaver(BaseCheckpointSaver):
         self._saver = saver
         self._on_no_checkpoint = on_no_checkpoint
         self._protector = protector
+        self._backend = backend_of(saver)
         self._staged: list[tuple[str, tuple[Any, ...]]] = []
 
     @property
@@ -58,7 +60,8 @@ class StagedSaver(BaseCheckpointSaver):
         return self._saver.get_next_version(current, channel)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        found = await self._saver.aget_tuple(config)
+        with timed_op(self._backend, "all", "get"):
+            found = await self._saver.aget_tuple(config)
         configurable = config["configurable"]
         if (
             found is None
@@ -128,8 +131,9 @@ class StagedSaver(BaseCheckpointSaver):
             staged = [self._protected(method, args, counts) for method, args in staged]
             if counts and last_put is not None:
                 staged[last_put] = ("aput", _with_detections(staged[last_put][1], counts))
-        for method, args in staged:
-            await getattr(self._saver, method)(*args)
+        with timed_op(self._backend, "all", "put"):
+            for method, args in staged:
+                await getattr(self._saver, method)(*args)
         return counts
 
     def _protected(

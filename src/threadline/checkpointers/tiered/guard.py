@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from threadline.checkpointers.tiered.tasks import BackgroundTasks
+from threadline.observability.metrics import HOT_BREAKER_OPEN
 
 logger = logging.getLogger("threadline.checkpointers.tiered")
 
@@ -49,7 +50,9 @@ class RedisGuard:
     @property
     def available(self) -> bool:
         """False while the breaker is open."""
-        return time.monotonic() >= self._retry_at
+        closed = time.monotonic() >= self._retry_at
+        HOT_BREAKER_OPEN.set(0 if closed else 1)
+        return closed
 
     def failed(self, exc: BaseException) -> None:
         """Open the breaker (and say so once per outage)."""

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -54,6 +54,7 @@ from threadline.checkpointers.tiered.journal import (
 from threadline.checkpointers.tiered.schema import deployment_key_prefix, migrate
 from threadline.checkpointers.tiered.staged import StagedCommits
 from threadline.checkpointers.tiered.tasks import BackgroundTasks
+from threadline.observability.metrics import HOT_READS, timed_op
 
 
 class TierWrite(Protocol):
@@ -109,6 +110,14 @@ class PendingWrites(_Prepared):
     async def stage(self, token: str, commits: Sequence[str]) -> None:
         hot, prepared = self.saver.hot, self.prepared
         await self.saver.guard.call(lambda: hot.put_writes(prepared, token, commits))
+
+
+T = TypeVar("T")
+
+
+async def _timed(operation: Awaitable[T], tier: str, op: str) -> T:
+    with timed_op("tiered", tier, op):
+        return await operation
 
 
 class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
@@ -264,25 +273,31 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         checkpoint_ns = configurable.get("checkpoint_ns", "")
         key = (thread_id, checkpoint_ns)
         gen: str | None = None
+        result = "fallback"  # Redis unavailable, unless it answers below
         if await self._hot_ready(key):
             commits = self.staged.take(key)
             known = self.durable.delta_histories.newest(thread_id, checkpoint_ns)
             try:
-                found = await self.guard.call(
-                    lambda: self.hot.read(thread_id, checkpoint_ns, commits, known)
-                )
+                with timed_op("tiered", "hot", "get"):
+                    found = await self.guard.call(
+                        lambda: self.hot.read(thread_id, checkpoint_ns, commits, known)
+                    )
             except REDIS_FAULTS as exc:
                 self.staged.keep(key, commits)
                 self.guard.failed(exc)
             else:
                 if found.record is not None:
+                    HOT_READS.labels(result="hit").inc()
                     self._remember_histories(found.record, found.histories)
                     return self.durable.to_tuple(found.record)
+                result = "miss"
                 if found.abandoned:  # its writer died: start afresh
                     self._tasks.spawn(self._invalidate_quietly(key, ANY_CHECKPOINT))
                 if not found.pending:
                     gen = found.gen
-        record = await self.durable.fetch_record(thread_id, checkpoint_ns, None)
+        HOT_READS.labels(result=result).inc()
+        with timed_op("tiered", "durable", "get"):
+            record = await self.durable.fetch_record(thread_id, checkpoint_ns, None)
         if record is None:
             return None
         if gen is not None and record.skeleton.get("v", 0) >= 4:
@@ -426,9 +441,9 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             return
         token = os.urandom(8).hex()
         commits = self.staged.take(key)
-        staging = asyncio.ensure_future(write.stage(token, commits))
+        staging = asyncio.ensure_future(_timed(write.stage(token, commits), "hot", "put"))
         try:
-            await write.store(())
+            await _timed(write.store(()), "durable", "put")
         except BaseException:
             staging.cancel()  # if it got through, it stays pending: never served
             with suppress(asyncio.CancelledError, *REDIS_FAULTS):
