@@ -172,3 +172,55 @@ def test_two_workers_report_together(
     }
     assert samples[("threadline_turns_total", (("outcome", "ok"),))] == turns
     assert samples[("threadline_turn_duration_seconds_count", ())] == turns
+
+
+async def test_a_turn_is_one_linked_trace(
+    openai_stub: Any, monkeypatch: Any, postgres_db_url: str
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from threadline.observability.tracing import disable_tracing
+    from threadline.server import create_app
+
+    for name, value in openai_stub.env().items():
+        monkeypatch.setenv(name, value)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    canary = f"canary-{uuid.uuid4().hex[:8]}"
+    settings = settings_for(
+        model="openai:gpt-4o-mini", checkpointer="postgres", postgres_url=postgres_db_url
+    )
+    app = create_app(settings, tracer_provider=provider)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                response = await client.post(
+                    "/agent/invoke", json=turn("traced", canary), headers={"X-Request-Id": "r-7"}
+                )
+                assert response.status_code == 200
+    finally:
+        disable_tracing()
+    spans = exporter.get_finished_spans()
+    by_name = {s.name: s for s in spans}
+    http = next(s for s in spans if s.kind.name == "SERVER")
+    assert http.attributes["threadline.request_id"] == "r-7"
+    assert len({s.context.trace_id for s in spans}) == 1  # one trace
+    turn_span = by_name["turn"]
+    assert turn_span.parent.span_id == http.context.span_id
+    nodes = [s for s in spans if s.name.startswith("node ")]
+    assert sorted(n.name for n in nodes) == ["node model", "node trim_or_summarize"]  # once each
+    assert all(n.parent.span_id == turn_span.context.span_id for n in nodes)
+    nodes_by_name = {n.name: n for n in nodes}
+    chat = by_name["chat gpt-4o-mini"]
+    assert chat.parent.span_id == nodes_by_name["node model"].context.span_id
+    assert chat.attributes["gen_ai.operation.name"] == "chat"
+    assert chat.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert chat.attributes["gen_ai.usage.input_tokens"] > 0
+    stores = [s for s in spans if s.name.startswith("checkpoint ")]
+    assert {s.name for s in stores} >= {"checkpoint get", "checkpoint put"}
+    assert all(s.context.trace_id == http.context.trace_id for s in stores)
+    assert canary not in json.dumps([dict(s.attributes or {}) for s in spans], default=str)

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     metrics_public: bool = False
+    # OpenTelemetry traces, exported as the standard OTEL_EXPORTER_OTLP_* variables say.
+    otel: bool = False
 
     # Server
     api_keys: SecretStr | None = Field(

@@ -24,6 +24,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from threadline.observability.tracing import span
+
 STORE_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 TURN_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TOKENS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
@@ -104,9 +106,11 @@ def backend_of(saver: object) -> str:
 
 @contextlib.contextmanager
 def timed_op(backend: str, tier: str, op: str) -> Iterator[None]:
+    """Time a store operation (and trace it, when tracing is on)."""
     started = time.perf_counter()
     try:
-        yield
+        with span(f"checkpoint {op}", **{"threadline.backend": backend, "threadline.tier": tier}):
+            yield
     finally:
         CHECKPOINT_OPS.labels(backend=backend, tier=tier, op=op).observe(
             time.perf_counter() - started

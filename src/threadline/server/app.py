@@ -23,6 +23,7 @@ from threadline.checkpointers import open_checkpointer
 from threadline.locks import open_turn_locks
 from threadline.observability.metrics import exposition
 from threadline.observability.pools import observe_pools, observe_pools_every
+from threadline.observability.tracing import asgi_middleware, enable_tracing
 from threadline.retention import Sweeper, ThreadKeeper, open_archive
 from threadline.server.admission import Admission, admit_agent_turns, agent_config
 from threadline.server.auth import ApiKeys, require_tenant, warn_if_open
@@ -72,8 +73,10 @@ async def sweep_periodically(sweeper: Sweeper, settings: Settings) -> None:
             log.info("retention sweep: %s", report.summary())
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The HTTP app. Saver and locks live exactly as long as the app's lifespan."""
+def create_app(settings: Settings | None = None, *, tracer_provider: Any = None) -> FastAPI:
+    """The HTTP app. Saver and locks live exactly as long as the app's lifespan.
+
+    With `THREADLINE_OTEL=true` (or a `tracer_provider`, as tests give) requests are traced."""
     settings = (settings or Settings.from_env()).check()
     api_keys = ApiKeys.parse(settings.api_keys)
     graph = make_graph(settings=settings)
@@ -145,7 +148,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.admission = admission
     app.state.serving = serving
     app.add_middleware(ChatThreadCookie)
-    app.add_middleware(RequestIds)
+    if settings.otel or tracer_provider is not None:
+        middleware, options = asgi_middleware(enable_tracing(tracer_provider))
+        app.add_middleware(middleware, **options)
+    app.add_middleware(RequestIds)  # outermost: the id exists before any span or log line
     app.add_middleware(EndFailedStreams)
     app.add_middleware(BodyDeadline, seconds=settings.body_timeout_seconds)
     install_outage_handlers(app)

@@ -28,8 +28,10 @@ from threadline.checkpointers.durable import CheckpointStoreUnavailable
 from threadline.checkpointers.records import ARCHIVED
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
+from threadline.observability import tracing
 from threadline.observability.metrics import TURN_DURATION, TURNS, observe_telemetry
 from threadline.observability.model_timer import ModelTimer
+from threadline.observability.tracing import GraphSpans, span
 from threadline.privacy import Protector
 from threadline.retention import ThreadKeeper
 from threadline.rules import MIN_CONTEXT_TOKENS, Strategy
@@ -92,7 +94,8 @@ def counted_turn() -> Iterator[None]:
     cause (never its text)."""
     started = time.perf_counter()
     try:
-        yield
+        with span("turn"):
+            yield
     except HTTPException as exc:
         outcome = OUTCOMES.get(
             exc.status_code, "store_unavailable" if exc.status_code == 503 else "error"
@@ -113,8 +116,12 @@ def counted_turn() -> Iterator[None]:
 
 
 def timed(config: RunnableConfig) -> RunnableConfig:
-    """`config` with the model-call timer among its callbacks."""
-    return merge_configs(config, {"callbacks": [ModelTimer()]})
+    """`config` with the model-call timer (and, when tracing, the graph's spans) among its
+    callbacks."""
+    handlers: list[Any] = [ModelTimer()]
+    if tracing.TRACER is not None:
+        handlers.append(GraphSpans())
+    return merge_configs(config, {"callbacks": handlers})
 
 
 @contextlib.contextmanager
