@@ -224,3 +224,91 @@ async def test_a_turn_is_one_linked_trace(
     assert {s.name for s in stores} >= {"checkpoint get", "checkpoint put"}
     assert all(s.context.trace_id == http.context.trace_id for s in stores)
     assert canary not in json.dumps([dict(s.attributes or {}) for s in spans], default=str)
+
+
+def dashboard_queries() -> list[str]:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "ops" / "grafana-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+async def test_the_dashboard_uses_only_metrics_that_exist(served: Any) -> None:
+    import re
+
+    async with served("tiered") as client:
+        page = (await client.get("/metrics")).text
+    families = {family.name for family in text_string_to_metric_families(page)}
+    used = {
+        re.sub(r"_(bucket|count|sum|total)$", "", name)
+        for query in dashboard_queries()
+        for name in re.findall(r"threadline_[a-z_]+", query)
+    }
+    assert used and not used - families, used - families
+
+
+def test_a_real_prometheus_scrapes_it_and_runs_the_dashboard(
+    openai_stub: Any, monkeypatch: Any, tmp_path: Any
+) -> None:
+    import shutil
+    import subprocess
+    import time
+
+    from tests.fixtures.server import live_server
+    from threadline.dev.services import free_port
+
+    binary = shutil.which("prometheus")
+    assert binary, "Prometheus is not installed: `sudo apt-get install prometheus` (Debian/Ubuntu)"
+    for name, value in openai_stub.env().items():
+        monkeypatch.setenv(name, value)
+    settings = settings_for(model="openai:gpt-4o-mini", checkpointer="memory")
+    with live_server(settings) as url:
+        for n in range(3):
+            assert httpx.post(f"{url}/agent/invoke", json=turn(f"p{n}", "hi")).status_code == 200
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        target = url.removeprefix("http://")
+        config.write_text(
+            "global: {scrape_interval: 1s}\n"
+            "scrape_configs: [{job_name: threadline, static_configs: "
+            f"[{{targets: ['{target}']}}]}}]\n"
+        )
+        with (tmp_path / "prometheus.log").open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        api = f"http://127.0.0.1:{port}/api/v1/query"
+        try:
+            value = None
+            deadline = time.monotonic() + 60
+            while value is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+                try:
+                    answer = httpx.get(
+                        api, params={"query": 'threadline_turns_total{outcome="ok"}'}
+                    )
+                except httpx.TransportError:
+                    continue
+                results = answer.json().get("data", {}).get("result", [])
+                value = float(results[0]["value"][1]) if results else None
+            assert value is not None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            direct = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+                for s in f.samples
+            }
+            assert value == direct[("threadline_turns_total", (("outcome", "ok"),))] >= 3
+            for query in dashboard_queries():  # every panel's PromQL runs
+                answer = httpx.get(api, params={"query": query}).json()
+                assert answer["status"] == "success", (query, answer)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)

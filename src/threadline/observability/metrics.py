@@ -91,6 +91,14 @@ POOL_CONNECTIONS = Gauge(
 SWEEPS = Counter("threadline_sweeps_total", "Retention sweeps, by result.", ["result"])
 
 
+# Known label values start at 0, so rates and ratios exist before the first event.
+for _outcome in ("ok", "replayed", "conflict", "invalid", "model_error", "store_unavailable"):
+    TURNS.labels(outcome=_outcome)
+for _result in ("hit", "miss", "fallback"):
+    HOT_READS.labels(result=_result)
+for _action in ("expire", "keep_latest", "archive", "restore", "erase"):
+    RETENTION.labels(action=_action)
+
 BACKENDS = {
     "MemorySaver": "memory",
     "SqliteSaver": "sqlite",
