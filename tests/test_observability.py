@@ -120,6 +120,10 @@ def test_serve_logs_json_lines_with_request_ids_and_no_text(
     assert any(
         line["request_id"] == "req-43" and "model call failed" in line["message"] for line in lines
     ), "the model failure is logged with its cause"
+    budget = [line for line in lines if line["logger"] == "threadline.memory"]
+    assert any(
+        line["request_id"] == "req-42" and "context budget" in line["message"] for line in budget
+    )
     assert canary not in server.log_path.read_text()
 
 
