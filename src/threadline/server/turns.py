@@ -24,7 +24,6 @@ from langchain_core.runnables.utils import ConfigurableFieldSpec
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel
 
-from threadline.checkpointers.durable import CheckpointStoreUnavailable
 from threadline.checkpointers.records import ARCHIVED
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
@@ -37,6 +36,7 @@ from threadline.retention import ThreadKeeper
 from threadline.rules import MIN_CONTEXT_TOKENS, Strategy
 from threadline.server.held import release_turn, running_turn
 from threadline.server.idempotency import previous_result, turn_receipts
+from threadline.server.outages import STORE_ERRORS
 from threadline.server.ownership import RecordOut, check_turn_owner, records_of, turn_record
 from threadline.server.responses import ReplyChunk, TurnOutput, TurnOutputSchema, turn_output
 from threadline.server.staged import StagedSaver
@@ -103,9 +103,9 @@ def counted_turn() -> Iterator[None]:
         TURNS.labels(outcome=outcome).inc()
         log.info("turn refused: %s (%s)", exc.status_code, outcome)
         raise
-    except CheckpointStoreUnavailable:
+    except STORE_ERRORS as exc:
         TURNS.labels(outcome="store_unavailable").inc()
-        log.warning("turn failed: the checkpoint store is unavailable")
+        log.warning("turn failed: a store is unavailable (%s)", type(exc).__name__)
         raise
     except Exception as exc:
         TURNS.labels(outcome="error").inc()
