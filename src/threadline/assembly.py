@@ -87,11 +87,7 @@ def protector(settings: Settings) -> Protector | None:
     import hashlib
     import hmac
 
-    secret = settings.pii_key or settings.aes_key
-    key = (
-        hmac.new(secret.get_secret_value().encode(), b"threadline pii", hashlib.sha256).digest()
-        if secret is not None
-        else b""
-    )
+    secret = settings.pii_key.get_secret_value() if settings.pii_key else settings.encryption_secret
+    key = hmac.new(secret.encode(), b"threadline pii", hashlib.sha256).digest() if secret else b""
     detector = Detector(settings.pii_entity_names, settings.pii_custom)
     return Protector(settings.pii_strategy, detector, key)

@@ -77,5 +77,5 @@ def audit_key(audit_key_setting: str | None, aes_key: str | None) -> bytes | Non
 def open_audit_log(settings: Settings) -> AuditLog:
     """The deployment's audit log, keyed as `audit_key` says."""
     key = settings.audit_key.get_secret_value() if settings.audit_key else None
-    aes = settings.aes_key.get_secret_value() if settings.aes_key else None
+    aes = settings.encryption_secret
     return AuditLog(settings.audit_log_path, audit_key(key, aes))

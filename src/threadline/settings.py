@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     hot_ttl_seconds: int = Field(default=3600, ge=1)
     redis_timeout_seconds: float = Field(default=0.1, gt=0)
     aes_key: SecretStr | None = None
+    # Several keys with ids, `new:KEY2,old:KEY1`: the first encrypts, all decrypt
+    # (`threadline keys rotate` re-encrypts everything under the first). Instead of aes_key.
+    aes_keys: SecretStr | None = None
 
     # Operations: log level and format (text, or one JSON object per line), and whether
     # /metrics is served without an API key when keys are set.
@@ -145,6 +148,14 @@ class Settings(BaseSettings):
         return parse_duration(self.thread_ttl) if self.thread_ttl else None
 
     @property
+    def encryption_secret(self) -> str | None:
+        """The key that encrypts (the first of the ring), to derive other keys from."""
+        if self.aes_keys is not None:
+            first = self.aes_keys.get_secret_value().split(",")[0]
+            return first.partition(":")[2]
+        return self.aes_key.get_secret_value() if self.aes_key is not None else None
+
+    @property
     def pii_entity_names(self) -> list[str]:
         return [name.strip() for name in self.pii_entities.split(",") if name.strip()]
 
@@ -188,12 +199,22 @@ class Settings(BaseSettings):
                 "(or set THREADLINE_MODEL=fake for the offline model)"
             )
         self.check_store()
-        from threadline.checkpointers.serde import AES_KEY_LENGTHS  # the one rule, in serde
+        from threadline.checkpointers.serde import AES_KEY_LENGTHS, KeyRing, parse_keys
 
         if self.aes_key is not None and (
             len(self.aes_key.get_secret_value().encode()) not in AES_KEY_LENGTHS
         ):
             raise SettingsError("THREADLINE_AES_KEY must be 16, 24 or 32 bytes long")
+        if self.aes_keys is not None:
+            if self.aes_key is not None:
+                raise SettingsError(
+                    "set THREADLINE_AES_KEYS or THREADLINE_AES_KEY, not both (put the old key "
+                    "in the ring: THREADLINE_AES_KEYS=new:KEY2,old:KEY1)"
+                )
+            try:
+                KeyRing(parse_keys(self.aes_keys.get_secret_value()))
+            except ValueError as exc:
+                raise SettingsError(f"THREADLINE_AES_KEYS: {exc}") from None
         if self.ttl_strategy == "archive" and self.archive_url is None:
             raise SettingsError("THREADLINE_TTL_STRATEGY=archive needs THREADLINE_ARCHIVE_URL")
         if self.ttl_strategy == "keep_latest" and self.checkpointer == "redis":
@@ -201,7 +222,7 @@ class Settings(BaseSettings):
                 "THREADLINE_TTL_STRATEGY=keep_latest is not available on "
                 "THREADLINE_CHECKPOINTER=redis (use delete or archive, or tiered/postgres)"
             )
-        if self.pii_strategy == "hash" and self.pii_key is None and self.aes_key is None:
+        if self.pii_strategy == "hash" and self.pii_key is None and self.encryption_secret is None:
             raise SettingsError(
                 "THREADLINE_PII_STRATEGY=hash needs THREADLINE_PII_KEY or THREADLINE_AES_KEY"
             )

@@ -28,7 +28,8 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
 
     Every one keeps turn receipts (`receipts.KeepsReceipts`)."""
     aes_key = _secret(settings.aes_key) if settings.aes_key else None
-    serde = make_serializer(aes_key)
+    aes_keys = _secret(settings.aes_keys) if settings.aes_keys else None
+    serde = make_serializer(aes_key, aes_keys)
     kind = settings.checkpointer
     settings.check_store()
     if kind == "memory":
@@ -58,7 +59,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
     elif kind == "redis":
         from threadline.checkpointers.redis import RedisSaver
 
-        if aes_key:
+        if aes_key or aes_keys:
             raise SettingsError(
                 "THREADLINE_CHECKPOINTER=redis cannot encrypt (its serializer is fixed); "
                 "use tiered or postgres with THREADLINE_AES_KEY"

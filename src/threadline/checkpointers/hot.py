@@ -535,6 +535,20 @@ class HotTier:
         )
         await self.scripts.run("invalidate", call)
 
+    async def drop_all(self, batch: int = 500) -> int:
+        """Delete every key of this deployment (after a key rotation: the hot tier is a cache,
+        refilled from Postgres). Returns how many keys went."""
+        dropped = 0
+        pending: list[Any] = []
+        async for key in self.client.scan_iter(match=f"{self.prefix}:*", count=batch):
+            pending.append(key)
+            if len(pending) >= batch:
+                dropped += await self.client.unlink(*pending)
+                pending = []
+        if pending:
+            dropped += await self.client.unlink(*pending)
+        return dropped
+
     async def invalidate_thread(self, thread_id: str, *, reset_floor: bool = False) -> None:
         """Invalidate every namespace of a thread (two round trips)."""
         _, index = self.keys(thread_id, "")

@@ -9,10 +9,12 @@ which reveal equality, never content.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
@@ -55,16 +57,83 @@ class StrictEncryptedSerializer(EncryptedSerializer):
         return super().loads_typed(data)
 
 
-def make_serializer(aes_key: str | None) -> SerializerProtocol:
-    """Plain JsonPlus, or AES-encrypted JsonPlus when a key is configured."""
-    if not aes_key:
+class UnknownKeyError(ValueError):
+    """A value was encrypted with a key the deployment no longer holds."""
+
+
+class KeyRing:
+    """AES-EAX (LangGraph's format: nonce, tag, ciphertext) under several keys: the first
+    encrypts, every one decrypts. Values name their key in the cipher name (`aes-<id>`); a
+    single `THREADLINE_AES_KEY` keeps LangGraph's plain `aes`, and `aes` values written so are
+    tried under each key (EAX's tag tells the right one)."""
+
+    def __init__(self, keys: Sequence[tuple[str, bytes]], *, named: bool = True) -> None:
+        if not keys:
+            raise ValueError("a key ring needs a key")
+        for key_id, key in keys:
+            if len(key) not in AES_KEY_LENGTHS:
+                raise ValueError(f"AES key {key_id!r} must be 16, 24 or 32 bytes long")
+        self.keys = dict(keys)
+        self.current_id = keys[0][0]
+        self.current_name = f"aes-{self.current_id}" if named else "aes"
+
+    def encrypt(self, plaintext: bytes) -> tuple[str, bytes]:
+        from Crypto.Cipher import AES
+
+        cipher = AES.new(self.keys[self.current_id], AES.MODE_EAX)
+        ciphertext, tag = cipher.encrypt_and_digest(plaintext)
+        return self.current_name, cipher.nonce + tag + ciphertext
+
+    def decrypt(self, ciphername: str, ciphertext: bytes) -> bytes:
+        if ciphername == "aes":
+            candidates = list(self.keys.values())
+        elif ciphername.startswith("aes-") and ciphername[4:] in self.keys:
+            candidates = [self.keys[ciphername[4:]]]
+        else:
+            raise UnknownKeyError(
+                f"a stored value is encrypted with {ciphername!r}, which the configured keys "
+                "(THREADLINE_AES_KEYS) do not include"
+            )
+        for key in candidates:
+            with contextlib.suppress(ValueError):
+                return _open(key, ciphertext)
+        raise UnknownKeyError("a stored value does not decrypt under any configured key")
+
+    def is_current(self, ciphername: str) -> bool:
+        return ciphername == self.current_name
+
+
+def _open(key: bytes, data: bytes) -> bytes:
+    from Crypto.Cipher import AES
+
+    cipher = AES.new(key, AES.MODE_EAX, nonce=data[:16])
+    return bytes(cipher.decrypt_and_verify(data[32:], data[16:32]))
+
+
+def parse_keys(spec: str) -> list[tuple[str, bytes]]:
+    """`id1:key1,id2:key2` (the first encrypts) → [(id, key bytes)]."""
+    keys = []
+    for entry in spec.split(","):
+        key_id, sep, key = entry.strip().partition(":")
+        if not sep or not re.fullmatch(r"[a-z0-9_]{1,16}", key_id):
+            raise ValueError("THREADLINE_AES_KEYS is `id:key,id:key` with ids of a-z 0-9 _")
+        keys.append((key_id, key.encode()))
+    if len({key_id for key_id, _ in keys}) != len(keys):
+        raise ValueError("THREADLINE_AES_KEYS names an id twice")
+    return keys
+
+
+def make_serializer(aes_key: str | None, aes_keys: str | None = None) -> SerializerProtocol:
+    """Plain JsonPlus, or AES-encrypted JsonPlus when a key (or a key ring) is configured."""
+    if aes_keys:
+        ring = KeyRing(parse_keys(aes_keys))
+    elif aes_key:
+        ring = KeyRing([("default", aes_key.encode())], named=False)
+    else:
         return JsonPlusSerializer()
-    key = aes_key.encode()
-    if len(key) not in AES_KEY_LENGTHS:
-        raise ValueError("THREADLINE_AES_KEY must be 16, 24 or 32 bytes long")
-    encrypted = EncryptedSerializer.from_pycryptodome_aes(key=key)
-    index_key = hmac.new(key, b"threadline metadata index", hashlib.sha256).digest()
-    return StrictEncryptedSerializer(encrypted.cipher, encrypted.serde, index_key=index_key)
+    first = ring.keys[ring.current_id]
+    index_key = hmac.new(first, b"threadline metadata index", hashlib.sha256).digest()
+    return StrictEncryptedSerializer(ring, JsonPlusSerializer(), index_key=index_key)
 
 
 def is_encrypting(serde: SerializerProtocol) -> bool:

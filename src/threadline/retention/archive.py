@@ -46,6 +46,10 @@ class ArchiveStore(Protocol):
 
     async def delete(self, name: str) -> None: ...
 
+    async def names(self) -> list[str]:
+        """Every archived thread's object name."""
+        ...
+
 
 def object_name(thread_key: str) -> str:
     return hashlib.sha256(f"threadline-archive\0{thread_key}".encode()).hexdigest() + SUFFIX
@@ -119,6 +123,11 @@ class FileArchive:
     async def delete(self, name: str) -> None:
         await asyncio.to_thread((self.root / name).unlink, missing_ok=True)
 
+    async def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.name.endswith(SUFFIX))
+
 
 class S3Archive:
     """`s3://bucket/prefix` through boto3: endpoint, region and credentials come from the
@@ -154,6 +163,38 @@ class S3Archive:
 
     async def delete(self, name: str) -> None:
         await asyncio.to_thread(self._client.delete_object, Bucket=self.bucket, Key=self._key(name))
+
+    async def names(self) -> list[str]:
+        def listed() -> list[str]:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key("")
+            )
+            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+            return sorted(k.rsplit("/", 1)[-1] for k in keys if k.endswith(SUFFIX))
+
+        return await asyncio.to_thread(listed)
+
+
+def sealed_with(data: bytes) -> str:
+    """The serializer type tag an archive object's header names (`bytes+aes-<id>`)."""
+    header_line = data[len(MAGIC) :].split(b"\n", 1)[0]
+    return str(json.loads(header_line)["type"])
+
+
+async def reseal_all(
+    store: ArchiveStore, serde: SerializerProtocol, current_cipher: str
+) -> tuple[int, int]:
+    """Re-seal every object not sealed under `current_cipher` (after a key rotation);
+    (objects re-sealed, objects seen). Each object is replaced whole."""
+    resealed = 0
+    names = await store.names()
+    for name in names:
+        data = await store.get(name)
+        if data is None or sealed_with(data).partition("+")[2] in ("", current_cipher):
+            continue
+        await store.put(name, ArchivedThread.unseal(data, serde).seal(serde))
+        resealed += 1
+    return resealed, len(names)
 
 
 def open_archive(url: str | None) -> ArchiveStore | None:
