@@ -358,13 +358,7 @@ def threads_sweep(
 
     async def main() -> SweepReport:
         async with opened_keeper(settings) as (keeper, locks):
-            sweeper = Sweeper(
-                keeper,
-                locks,
-                settings.ttl_strategy,
-                settings.thread_ttl_seconds,
-                settings.sweep_limit,
-            )
+            sweeper = Sweeper.configured(keeper, locks, settings)
             with Progress(console=err, transient=True) as progress:
                 task = progress.add_task(f"sweep ({settings.ttl_strategy})", total=None)
                 return await sweeper.sweep(

@@ -16,6 +16,7 @@ from threadline.checkpointers.records import ThreadRecord
 from threadline.locks import ThreadBusyError, TurnLocks
 from threadline.observability.metrics import SWEEPS
 from threadline.retention.keeper import ThreadKeeper, TtlStrategy
+from threadline.settings import Settings
 
 log = logging.getLogger("threadline.retention")
 
@@ -62,6 +63,13 @@ class Sweeper:
     strategy: TtlStrategy
     default_ttl: float | None
     batch_size: int = 1000
+
+    @classmethod
+    def configured(cls, keeper: ThreadKeeper, locks: TurnLocks, settings: Settings) -> Sweeper:
+        """The sweeper `THREADLINE_TTL_STRATEGY`, `_THREAD_TTL` and `_SWEEP_LIMIT` describe."""
+        return cls(
+            keeper, locks, settings.ttl_strategy, settings.thread_ttl_seconds, settings.sweep_limit
+        )
 
     async def sweep(
         self,

@@ -111,13 +111,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any = None)
             if runner.protector is not None:  # load the recognizers now, not in the first turn
                 await asyncio.to_thread(runner.protector.detector.find, "")
             serving.fill(Serving(runner, locks, keeper))
-            sweeper = Sweeper(
-                keeper,
-                locks,
-                settings.ttl_strategy,
-                settings.thread_ttl_seconds,
-                settings.sweep_limit,
-            )
+            sweeper = Sweeper.configured(keeper, locks, settings)
             background = [
                 asyncio.create_task(sweep_periodically(sweeper, settings)),
                 asyncio.create_task(observe_pools_every(saver, POOL_REFRESH_SECONDS)),
