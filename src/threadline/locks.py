@@ -260,9 +260,10 @@ async def open_turn_locks(settings: Settings) -> AsyncIterator[TurnLocks]:
         async with open_pool(settings.postgres_url.get_secret_value(), size) as pool:
             yield PostgresTurnLocks(pool)
     elif kind == "redis" and settings.redis_url is not None:
-        from redis.asyncio import Redis
+        from threadline.checkpointers.redis_clients import is_cluster, redis_client
 
-        client = Redis.from_url(settings.redis_url.get_secret_value())
+        url = settings.redis_url.get_secret_value()
+        client = redis_client(url, cluster=await is_cluster(url, settings.redis_cluster))
         try:
             yield RedisTurnLocks(client)
         finally:

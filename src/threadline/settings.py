@@ -67,6 +67,8 @@ class Settings(BaseSettings):
         default=None, gt=0, description="Idle TTL for the stock Redis saver's keys."
     )
     hot_ttl_seconds: int = Field(default=3600, ge=1)
+    # `auto`: ask Redis at start-up whether it is a cluster; `true`/`false` decide.
+    redis_cluster: Literal["auto", "true", "false"] = "auto"
     redis_timeout_seconds: float = Field(default=0.1, gt=0)
     aes_key: SecretStr | None = None
     # Several keys with ids, `new:KEY2,old:KEY1`: the first encrypts, all decrypt

@@ -84,6 +84,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
             history_cache_bytes=settings.history_cache_mb * 1024 * 1024,
             hot_ttl_seconds=settings.hot_ttl_seconds,
             redis_timeout_seconds=settings.redis_timeout_seconds,
+            redis_cluster=settings.redis_cluster,
         ) as tiered_saver:
             yield tiered_saver
     else:  # pragma: no cover - Settings validates the kind

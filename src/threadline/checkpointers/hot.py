@@ -30,7 +30,6 @@ from typing import Any
 import ormsgpack
 from langgraph.checkpoint.base import DeltaChannelHistory, writes_sort_key
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -53,6 +52,7 @@ from threadline.checkpointers.hot_protocol import (
     write_field,
     writes_call,
 )
+from threadline.checkpointers.redis_clients import redis_client
 from threadline.checkpointers.rows import (
     CheckpointRecord,
     PendingWrite,
@@ -180,7 +180,7 @@ class HotTier:
 
     def __init__(
         self,
-        client: Redis,
+        client: Any,  # Redis or RedisCluster
         serde: SerializerProtocol,
         *,
         ttl_seconds: float = 3600,
@@ -203,15 +203,17 @@ class HotTier:
         ttl_seconds: float = 3600,
         timeout_seconds: float = 0.1,
         prefix: str = "threadline",
+        cluster: bool = False,
     ) -> HotTier:
-        """A client that never retries by itself.
+        """A client that never retries by itself (on a cluster: only to follow the slot map).
 
         It has no socket timeouts of its own: `TieredSaver` bounds every call by
         `timeout_seconds` measured against its event loop's lag, since a socket timeout also
         fires when the loop, not Redis, is what runs late.
         """
-        client = Redis.from_url(
+        client = redis_client(
             url,
+            cluster=cluster,
             socket_timeout=None,
             socket_connect_timeout=None,
             retry=Retry(NoBackoff(), 0),

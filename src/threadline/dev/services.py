@@ -42,6 +42,7 @@ __all__ = [
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
+CLUSTER_NODE_TIMEOUT_MS = 2000  # a master unreachable this long is failed over
 STOP_TIMEOUT = 5.0
 STATE_FILE = "services.json"
 
@@ -170,10 +171,15 @@ class RedisServer:
 
     MODULES = ("rejson.so", "redisearch.so")
 
-    def __init__(self, port: int, data_dir: Path, modules: bool = True) -> None:
+    def __init__(
+        self, port: int, data_dir: Path, modules: bool = True, cluster: bool = False
+    ) -> None:
         self.port = port
         self.data_dir = Path(data_dir)
         self.modules = modules
+        self.cluster = cluster  # a node of a Redis Cluster (see `RedisCluster`)
+        # The cluster bus port (default port + 10000, which can pass 65535): its own.
+        self.bus_port = free_port() if cluster else None
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -219,6 +225,13 @@ class RedisServer:
             "--dir", str(self.data_dir),
             "--logfile", "",
         ]  # fmt: skip
+        if self.cluster:
+            argv += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.data_dir / "nodes.conf"),
+                "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+                "--cluster-port", str(self.bus_port),
+            ]  # fmt: skip
         if self.modules:
             for module in self.MODULES:
                 path = root / "lib" / module
@@ -538,6 +551,73 @@ class ServiceStatus:
     def describe(self) -> str:
         state = f"running (pid {self.pid})" if self.running else "not running"
         return f"{self.name}: {state} {self.url}"
+
+
+class RedisCluster:
+    """A Redis Cluster on loopback: three masters and three replicas (one each), no modules.
+
+    Each node is a `RedisServer` with cluster mode on; `redis-cli --cluster create` assigns
+    the slots. `kill_master(n)` SIGKILLs a master so that its replica is promoted.
+    """
+
+    def __init__(self, ports: list[int], data_dir: Path) -> None:
+        if len(ports) != 6:
+            raise ValueError("a cluster of 3 masters and 3 replicas needs 6 ports")
+        self.data_dir = Path(data_dir)
+        self.nodes = [
+            RedisServer(port, self.data_dir / str(port), modules=False, cluster=True)
+            for port in ports
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        for node in self.nodes:
+            node.start(timeout)
+        cli = redis_stack_dir() / "bin" / "redis-cli"
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = str(self.nodes[0]._lib_dir())
+        addresses = [f"{HOST}:{node.port}" for node in self.nodes]
+        created = subprocess.run(
+            [str(cli), "--cluster", "create", *addresses, "--cluster-replicas", "1",
+             "--cluster-yes"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if created.returncode != 0 or not _wait_until(self._ok, timeout):
+            self.stop()
+            raise ServiceError("redis-cli --cluster create failed", created.stdout[-2000:])
+
+    def _ok(self) -> bool:
+        client = redis.Redis(host=HOST, port=self.nodes[0].port, socket_timeout=0.5)
+        try:
+            info = client.execute_command("CLUSTER INFO")
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+        if isinstance(info, dict):  # redis-py parses CLUSTER INFO
+            return str(info.get("cluster_state")) == "ok"
+        return "cluster_state:ok" in (info.decode() if isinstance(info, bytes) else str(info))
+
+    def masters(self) -> list[RedisServer]:
+        """The nodes that are masters now (a failover changes which)."""
+        found = []
+        for node in self.nodes:
+            client = redis.Redis(host=HOST, port=node.port, socket_timeout=0.5)
+            try:
+                if client.info("replication").get("role") == "master":
+                    found.append(node)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        return found
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class DevServices:
