@@ -60,6 +60,47 @@ async def test_redis_turn_locks_on_a_cluster(redis_cluster: Any) -> None:
             pass
 
 
+async def test_resharding_while_turns_run_loses_nothing(served: Any, redis_cluster: Any) -> None:
+    run = uuid.uuid4().hex[:6]
+    threads = [f"r-{run}-{n}" for n in range(20)]
+    acknowledged: dict[str, list[str]] = {t: [] for t in threads}
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async with served("tiered", redis_url=redis_cluster.url) as client:
+
+        async def converse(thread: str) -> None:
+            n = 0
+            while not stop.is_set():
+                text = f"{thread}-{n}"
+                response = await client.post("/agent/invoke", json=turn(thread, text))
+                if response.status_code != 200:
+                    failures.append(response.text)
+                    continue
+                acknowledged[thread].append(text)
+                shown = (await client.get(f"/threads/{thread}")).json()["messages"]
+                if [m["content"] for m in shown][0::2] != acknowledged[thread]:
+                    failures.append(f"stale read after {text}")
+                n += 1
+
+        workers = [asyncio.create_task(converse(t)) for t in threads]
+        await asyncio.sleep(1)
+        await asyncio.to_thread(redis_cluster.reshard, 3000)  # ASK and MOVED while it runs
+        await asyncio.sleep(1)
+        stop.set()
+        await asyncio.gather(*workers)
+        finals = {t: (await client.get(f"/threads/{t}")).json()["messages"] for t in threads}
+        before = await scrape(client)
+        for thread in threads:  # the hot tier serves from the new owners
+            assert (await client.post("/agent/invoke", json=turn(thread, "after"))).is_success
+        after = await scrape(client)
+
+    assert not failures, failures[:5]
+    for thread, messages in finals.items():
+        assert [m["content"] for m in messages][0::2] == acknowledged[thread]
+    assert moved(before, after, "threadline_hot_reads_total", result="hit") >= len(threads)
+
+
 async def test_a_master_killed_under_load_loses_nothing(served: Any, redis_cluster: Any) -> None:
     run = uuid.uuid4().hex[:6]
     threads = [f"f-{run}-{n}" for n in range(20)]

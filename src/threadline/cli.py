@@ -465,12 +465,17 @@ StateDir = Annotated[Path, typer.Option(help="Where the services keep their stat
 
 
 @services_app.command("start")
-def services_start(state_dir: StateDir = DEFAULT_SERVICES_DIR) -> None:
+def services_start(
+    state_dir: StateDir = DEFAULT_SERVICES_DIR,
+    redis_cluster: Annotated[
+        bool, typer.Option("--redis-cluster", help="Also a Redis Cluster (3 masters, 3 replicas).")
+    ] = False,
+) -> None:
     """Start Postgres, Redis Stack and a module-free Redis; print the URLs to export."""
     from threadline.dev.services import DevServices, ServiceError
 
     try:
-        urls = DevServices.start(state_dir)
+        urls = DevServices.start(state_dir, redis_cluster=redis_cluster)
     except ServiceError as exc:
         raise fail(str(exc), code=1) from None
     for name, url in urls.items():

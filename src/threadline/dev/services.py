@@ -615,6 +615,29 @@ class RedisCluster:
                 client.close()
         return found
 
+    def reshard(self, slots: int, timeout: float = 120) -> None:
+        """Move `slots` hash slots, keys and all, from one master to another, the way an
+        operator does (`redis-cli --cluster reshard`: MIGRATING/IMPORTING, then MIGRATE)."""
+        source, target = self.masters()[:2]
+        ids = []
+        for node in (source, target):
+            client = redis.Redis(host=HOST, port=node.port)
+            try:
+                node_id = client.execute_command("CLUSTER MYID")
+            finally:
+                client.close()
+            ids.append(node_id.decode() if isinstance(node_id, bytes) else str(node_id))
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = str(self.nodes[0]._lib_dir())
+        moved = subprocess.run(
+            [str(redis_stack_dir() / "bin" / "redis-cli"), "--cluster", "reshard",
+             f"{HOST}:{source.port}", "--cluster-from", ids[0], "--cluster-to", ids[1],
+             "--cluster-slots", str(slots), "--cluster-yes"],
+            env=env, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if moved.returncode != 0:
+            raise ServiceError("redis-cli --cluster reshard failed", moved.stdout[-2000:])
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
@@ -630,6 +653,7 @@ class DevServices:
     POSTGRES = "THREADLINE_POSTGRES_URL"
     REDIS = "THREADLINE_REDIS_URL"
     PLAIN_REDIS = "THREADLINE_PLAIN_REDIS_URL"
+    REDIS_CLUSTER = "THREADLINE_REDIS_CLUSTER_URL"  # any node: cluster clients find the rest
 
     @staticmethod
     def state_path(state_dir: Path) -> Path:
@@ -662,13 +686,15 @@ class DevServices:
         return result
 
     @classmethod
-    def start(cls, state_dir: Path) -> dict[str, str]:
-        """Start Postgres, Redis Stack and plain Redis; return their URLs by env var name.
+    def start(cls, state_dir: Path, *, redis_cluster: bool = False) -> dict[str, str]:
+        """Start Postgres, Redis Stack and plain Redis (and, with `redis_cluster`, a Redis
+        Cluster of 3 masters and 3 replicas); return their URLs by env var name.
 
         If everything recorded under ``state_dir`` is still running, return those URLs instead.
         """
         current = cls.status(state_dir)
-        if current and all(s.running for s in current):
+        has_cluster = any(s.env_var == cls.REDIS_CLUSTER for s in current)
+        if current and all(s.running for s in current) and has_cluster >= redis_cluster:
             return {s.env_var: s.url for s in current}
         if current:
             cls.stop(state_dir)
@@ -692,6 +718,17 @@ class DevServices:
                 services[name].update(port=server.port, url=server.url, modules=modules)
                 server.start()
                 services[name]["pid"] = server.pid
+            if redis_cluster:
+                cluster_dir = Path(tempfile.mkdtemp(prefix="threadline-redis-cluster-"))
+                cluster = RedisCluster([free_port() for _ in range(6)], cluster_dir)
+                for n, node in enumerate(cluster.nodes, 1):
+                    services[f"redis-cluster-{n}"] = {
+                        "kind": "redis", "dir": str(node.data_dir), "env": cls.REDIS_CLUSTER,
+                        "port": node.port, "url": node.url, "modules": False,
+                    }  # fmt: skip
+                cluster.start()
+                for n, node in enumerate(cluster.nodes, 1):
+                    services[f"redis-cluster-{n}"]["pid"] = node.pid
         except BaseException:
             cls._write(state_dir, state)
             cls.stop(state_dir)
