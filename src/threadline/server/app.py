@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from langserve import add_routes
 
 from threadline.assembly import make_graph, memory_policy, protector
@@ -152,7 +152,13 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any = None)
 
     metrics_guard = [] if settings.metrics_public else [Depends(require_tenant)]
 
-    @app.get("/metrics", tags=["health"], dependencies=metrics_guard)
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        dependencies=metrics_guard,
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     async def metrics() -> Response:
         """Prometheus metrics (every worker's); behind the API key unless published."""
         if serving.ready:
