@@ -134,9 +134,16 @@ async def test_hot_tier_and_pool_metrics(served: Any) -> None:
         before = await scrape(client)
         for text in ("one", "two", "three"):
             assert (await client.post("/agent/invoke", json=turn("hot", text))).status_code == 200
+        assert (await client.get("/threads/hot/history")).status_code == 200
         after = await scrape(client)
     assert moved(before, after, "threadline_hot_reads_total", result="hit") >= 2
-    for tier, op in (("hot", "get"), ("hot", "put"), ("durable", "put"), ("all", "get")):
+    for tier, op in (
+        ("hot", "get"),
+        ("hot", "put"),
+        ("durable", "put"),
+        ("all", "get"),
+        ("all", "list"),
+    ):
         labels = {"backend": "tiered", "tier": tier, "op": op}
         assert moved(before, after, "threadline_checkpoint_op_duration_seconds_count", **labels) > 0
     assert after[("threadline_pool_connections", (("state", "size"), ("store", "postgres")))] > 0

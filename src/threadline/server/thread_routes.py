@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from threadline.checkpointers.records import ARCHIVED, LIVE, RecordQuery, ThreadRecord
 from threadline.durations import DURATION_RULE, parse_duration
+from threadline.observability.metrics import backend_of, timed_op
 from threadline.retention import ArchiveError, NoArchiveError, NotArchivedError
 from threadline.server.admission import Admission, hold_threads
 from threadline.server.auth import Tenant
@@ -354,7 +355,8 @@ async def get_history(
     cursor: RunnableConfig | None = (
         {"configurable": {"checkpoint_id": before}} if before is not None else None
     )
-    page = [t async for t in saver.alist(config, before=cursor, limit=limit + 1)]
+    with timed_op(backend_of(saver), "all", "list"):
+        page = [t async for t in saver.alist(config, before=cursor, limit=limit + 1)]
     if not page and before is None:
         raise _not_found(thread_id)
     # The transcript is stored as deltas: count it through the graph, oldest first, so each
