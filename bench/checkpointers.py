@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -129,13 +130,16 @@ async def measure(graphs: dict[str, Any], samples: int, rounds: int) -> dict[str
             ("get_state", lambda g, c: g.aget_state(c)),
         ):
             times: dict[str, list[float]] = {name: [] for name in graphs}
+            cpu: dict[str, list[float]] = {name: [] for name in graphs}
             for _ in range(n):
                 for name, g in graphs.items():
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     await call(g, configs[name])
                     times[name].append((time.perf_counter() - start) * 1000)
+                    cpu[name].append((time.process_time() - start_cpu) * 1000)
             for name in graphs:
                 results[name][f"{label} {length}"] = median(times[name])
+                results[name][f"{label} cpu {length}"] = median(cpu[name])
         print(f"  measured H={length}", flush=True)
     for name in graphs:
         results[name]["throughput"] = 0.0
@@ -169,6 +173,22 @@ def report(results: dict[str, dict[str, float]]) -> str:
         cells = [f"{r[c.replace(' H=', ' ')]:.2f}" for c in columns]
         rows.append([name, *cells, f"{r['throughput']:.0f}"])
     lines = [render_table(headers, rows), ""]
+    cpu_columns = [f"turn H={h}" for h in LENGTHS]
+    base = results.get("InMemorySaver")
+    cpu_rows = []
+    for name, r in results.items():
+        cells = [f"{r[f'turn cpu {h}']:.2f}" for h in LENGTHS]
+        if base:
+            cells += [f"{r[f'turn cpu {h}'] / base[f'turn cpu {h}']:.2f}x" for h in LENGTHS]
+        if "round trips" in r:
+            cells.append(r["round trips"])
+        cpu_rows.append([name, *cells])
+    cpu_headers = ["client CPU per turn (ms)", *cpu_columns]
+    if base:
+        cpu_headers += [f"vs InMemorySaver {c}" for c in cpu_columns]
+    if any("round trips" in r for r in results.values()):
+        cpu_headers.append("round trips per turn / get_state (Postgres+Redis)")
+    lines += [render_table(cpu_headers, cpu_rows), ""]
     t, pg, rd = (results.get(k) for k in ("TieredSaver", "AsyncPostgresSaver", "AsyncRedisSaver"))
     if t and pg:
         checks = [
@@ -198,6 +218,49 @@ def report(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+async def round_trips(
+    services: BenchServices, chosen: dict[str, SaverFactory], turns: int = 20
+) -> dict[str, str]:
+    """Round trips per turn and per get_state (H=10), counted by proxies in front of Postgres
+    and each Redis: `pg+redis` per call."""
+    import multiprocessing
+    from urllib.parse import urlsplit
+
+    from bench.common import latency_proxy
+
+    counts = {n: multiprocessing.Value("q", 0) for n in ("pg", "stack", "plain")}
+    urls = {"pg": services.postgres_url, "stack": services.redis_stack_url,
+            "plain": services.plain_redis_url}  # fmt: skip
+    found: dict[str, str] = {}
+    with contextlib.ExitStack() as proxies:
+        proxied = {}
+        for key, url in urls.items():
+            port = urlsplit(url).port
+            assert port is not None
+            new_port = proxies.enter_context(latency_proxy(port, 0.0, counts[key]))
+            proxied[key] = url.replace(f":{port}/", f":{new_port}/")
+        counted = BenchServices(proxied["pg"], proxied["stack"], proxied["plain"])
+        for name, factory in chosen.items():
+            async with factory(counted) as saver:
+                graph = build(saver)
+                config = await prefilled_thread(graph, 10)
+                for _ in range(3):
+                    await graph.ainvoke({"messages": []}, config)
+                per_call = []
+                for call in (
+                    lambda g, c: g.ainvoke({"messages": []}, c),
+                    lambda g, c: g.aget_state(c),
+                ):
+                    before = {k: v.value for k, v in counts.items()}
+                    for _ in range(turns):
+                        await call(graph, config)
+                    pg = (counts["pg"].value - before["pg"]) / turns
+                    redis = sum(counts[k].value - before[k] for k in ("stack", "plain")) / turns
+                    per_call.append(f"{pg:.1f}+{redis:.1f}")
+                found[name] = " / ".join(per_call)
+    return found
+
+
 async def run(samples: int, rounds: int, only: list[str], rtt_ms: float) -> None:
     chosen = {n: f for n, f in SAVERS.items() if not only or n in only}
     where = f"behind a {rtt_ms:g} ms round-trip proxy" if rtt_ms > 0 else "on loopback"
@@ -209,6 +272,8 @@ async def run(samples: int, rounds: int, only: list[str], rtt_ms: float) -> None
                 for name, factory in chosen.items()
             }
             results = await measure(graphs, samples, rounds)
+        for name, trips in (await round_trips(services, chosen)).items():
+            results[name]["round trips"] = trips  # type: ignore[assignment]
     print()
     print(report(results))
 

@@ -90,17 +90,21 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 @contextmanager
-def latency_proxy(target_port: int, rtt_ms: float) -> Iterator[int]:
+def latency_proxy(target_port: int, rtt_ms: float, round_trips: Any = None) -> Iterator[int]:
     """A loopback TCP proxy to `target_port` adding `rtt_ms` to every round trip.
 
     It runs in its own process with its own event loop, delaying server-to-client data (the
     whole round trip's worth, so requests go out at once); asyncio timers round the delay up
-    to the next millisecond.
+    to the next millisecond. With `round_trips` (a `multiprocessing.Value("q")`) it counts
+    them: a reply after a request on a connection is one (pipelined requests answered
+    together count once, as they cost one wait).
     """
     port = free_port()
     ready = multiprocessing.Event()
     proc = multiprocessing.Process(
-        target=_proxy_main, args=(port, target_port, rtt_ms / 1000, ready), daemon=True
+        target=_proxy_main,
+        args=(port, target_port, rtt_ms / 1000, ready, round_trips),
+        daemon=True,
     )
     proc.start()
     if not ready.wait(10):
@@ -113,16 +117,29 @@ def latency_proxy(target_port: int, rtt_ms: float) -> Iterator[int]:
         proc.join(5)
 
 
-def _proxy_main(port: int, target_port: int, delay: float, ready: Any) -> None:
+def _proxy_main(
+    port: int, target_port: int, delay: float, ready: Any, round_trips: Any = None
+) -> None:
     async def serve() -> None:
         async def handle(client_r: StreamReader, client_w: StreamWriter) -> None:
             upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", target_port)
             for writer in (client_w, upstream_w):
                 sock = writer.get_extra_info("socket")
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            asked = [False]  # the client sent something not yet answered
+
+            def request(data: bytes) -> None:
+                asked[0] = True
+
+            def reply(data: bytes) -> None:
+                if asked[0] and round_trips is not None:
+                    with round_trips.get_lock():
+                        round_trips.value += 1
+                asked[0] = False
+
             await asyncio.gather(
-                _pump(client_r, upstream_w, 0.0),
-                _pump(upstream_r, client_w, delay),
+                _pump(client_r, upstream_w, 0.0, request),
+                _pump(upstream_r, client_w, delay, reply),
                 return_exceptions=True,
             )
 
@@ -134,8 +151,14 @@ def _proxy_main(port: int, target_port: int, delay: float, ready: Any) -> None:
     asyncio.run(serve())
 
 
-async def _pump(source: StreamReader, sink: StreamWriter, delay: float) -> None:
-    """Forward `source` to `sink`, each chunk `delay` seconds after it arrived, in order."""
+async def _pump(
+    source: StreamReader,
+    sink: StreamWriter,
+    delay: float,
+    seen: Callable[[bytes], None] = lambda data: None,
+) -> None:
+    """Forward `source` to `sink`, each chunk `delay` seconds after it arrived, in order
+    (`seen` is told of each chunk as it arrives)."""
     loop = asyncio.get_running_loop()
     pending: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -152,6 +175,7 @@ async def _pump(source: StreamReader, sink: StreamWriter, delay: float) -> None:
     sender = asyncio.ensure_future(send())
     try:
         while data := await source.read(65536):
+            seen(data)
             pending.put_nowait((loop.time() + delay, data))
     finally:
         pending.put_nowait((0.0, b""))

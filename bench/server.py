@@ -14,8 +14,10 @@ Three ways to run the same workload, all with the offline model on the tiered st
 - graph: plain `graph.ainvoke` on the tiered saver in this process, LangGraph's default
   durability (a checkpoint per step: three per turn), no lock: what a library caller gets.
 
-Printed: turns/s, p50 and p99 latency per turn, and each row's throughput as a ratio of the
-in-process turn path with the same number of clients. On a small machine the HTTP clients
+Printed: turns/s, p50 and p99 latency per turn, each row's throughput as a ratio of the
+in-process turn path with the same number of clients, and CPU per turn of the process doing the
+work: the server's, read from /proc (http), or this process's (in-process rows), with the HTTP
+row's ratio to the turn path's. On a small machine the HTTP clients
 share the CPU with the server process, which weighs on the HTTP rows at high concurrency.
 """
 
@@ -62,6 +64,11 @@ class Result:
     turns: int
     seconds: float
     latencies_ms: list[float]
+    cpu_seconds: float = 0.0
+
+    @property
+    def cpu_ms_per_turn(self) -> float:
+        return 1000 * self.cpu_seconds / self.turns
 
     @property
     def turns_per_second(self) -> float:
@@ -81,8 +88,17 @@ def store_env(services: BenchServices) -> dict[str, str]:
     }
 
 
-async def run_clients(mode: str, clients: int, turns: int, turn: Turn) -> Result:
-    """`clients` coroutines, one thread each, `turns` timed turns each after the warm-up."""
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_clients(
+    mode: str, clients: int, turns: int, turn: Turn, cpu: Callable[[], float] = time.process_time
+) -> Result:
+    """`clients` coroutines, one thread each, `turns` timed turns each after the warm-up;
+    `cpu()` is read around the timed turns."""
     threads = [f"bench-{mode}-{clients}-{n}-{uuid.uuid4().hex[:6]}" for n in range(clients)]
     await asyncio.gather(*(turn(t) for t in threads for _ in range(WARMUP_TURNS)))
     latencies: list[float] = []
@@ -93,9 +109,10 @@ async def run_clients(mode: str, clients: int, turns: int, turn: Turn) -> Result
             await turn(thread)
             latencies.append((time.perf_counter() - start) * 1000)
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu()
     await asyncio.gather(*(client(t) for t in threads))
-    return Result(mode, clients, clients * turns, time.perf_counter() - start, latencies)
+    seconds = time.perf_counter() - start
+    return Result(mode, clients, clients * turns, seconds, latencies, cpu() - start_cpu)
 
 
 def start_server(services: BenchServices, port: int, log_path: Path) -> subprocess.Popen[bytes]:
@@ -141,7 +158,8 @@ async def bench_http(services: BenchServices, turns: int, log_path: Path) -> lis
                 )
                 response.raise_for_status()
 
-            return [await run_clients("http", n, turns, turn) for n in CLIENTS]
+            server_cpu = lambda: process_cpu_seconds(proc.pid)  # noqa: E731
+            return [await run_clients("http", n, turns, turn, server_cpu) for n in CLIENTS]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
@@ -175,6 +193,7 @@ async def bench_in_process(services: BenchServices, turns: int) -> list[Result]:
 
 def report(results: list[Result]) -> str:
     baseline = {r.clients: r.turns_per_second for r in results if r.mode == "turn path"}
+    cpu_base = {r.clients: r.cpu_ms_per_turn for r in results if r.mode == "turn path"}
     rows = []
     for r in sorted(
         results, key=lambda r: (r.clients, ["graph", "turn path", "http"].index(r.mode))
@@ -188,9 +207,14 @@ def report(results: list[Result]) -> str:
                 f"{r.percentile(0.5):.1f}",
                 f"{r.percentile(0.99):.1f}",
                 f"{r.turns_per_second / baseline[r.clients]:.2f}x",
+                f"{r.cpu_ms_per_turn:.2f}",
+                f"{r.cpu_ms_per_turn / cpu_base[r.clients]:.2f}x",
             ]
         )
-    headers = ["clients", "path", "turns", "turns/s", "p50 ms", "p99 ms", "vs turn path"]
+    headers = [
+        "clients", "path", "turns", "turns/s", "p50 ms", "p99 ms", "vs turn path",
+        "CPU ms/turn", "CPU vs turn path",
+    ]  # fmt: skip
     return render_table(headers, rows)
 
 
