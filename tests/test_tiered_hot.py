@@ -275,3 +275,28 @@ async def test_staged_changes_are_committed_before_the_saver_closes(open_tiered,
     erase_thread_rows(postgres_db_url, config["configurable"]["thread_id"])
     async with open_tiered() as reader:
         assert human_texts(await echo_graph(reader).aget_state(config)) == ["one", "two"]
+
+
+async def test_many_concurrent_reads_never_run_out_of_redis_connections(
+    postgres_db_url: str, plain_redis_url: str
+) -> None:
+    """More concurrent hot-tier calls than redis-py's default pool holds (100) wait for a
+    connection instead of failing over to Postgres."""
+    from langchain_core.messages import HumanMessage
+
+    from tests.fixtures.server import settings_for
+    from threadline.assembly import make_graph
+    from threadline.checkpointers import open_checkpointer
+    from threadline.observability.metrics import HOT_READS
+
+    settings = settings_for(
+        model="fake", checkpointer="tiered", postgres_url=postgres_db_url, redis_url=plain_redis_url
+    )
+    async with open_checkpointer(settings) as saver:
+        graph = make_graph(saver, settings)
+        configs = [{"configurable": {"thread_id": f"many-{n}"}} for n in range(300)]
+        for config in configs[:20]:
+            await graph.ainvoke({"messages": [HumanMessage("hi")]}, config)  # type: ignore[arg-type]
+        fallbacks = HOT_READS.labels(result="fallback")._value.get()
+        await asyncio.gather(*(saver.aget_tuple(c) for c in configs * 2))  # type: ignore[arg-type]
+        assert HOT_READS.labels(result="fallback")._value.get() == fallbacks

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -46,10 +46,20 @@ async def is_cluster(url: str, mode: ClusterMode = "auto") -> bool:
         await probe.aclose()
 
 
-def redis_client(url: str, *, cluster: bool, **options: Any) -> Any:
+DEFAULT_POOL_SIZE = 256
+
+
+def redis_client(
+    url: str, *, cluster: bool, pool_size: int = DEFAULT_POOL_SIZE, **options: Any
+) -> Any:
     """A client for `url`: `RedisCluster` on a cluster (it handles redirects and topology
-    changes itself), else `Redis` with `options`."""
+    changes itself), else `Redis` with `options`.
+
+    At most `pool_size` connections (per node), and a call beyond them waits for one to come
+    free: redis-py's default pool fails at once past 100, which under load turned busy
+    moments into Redis "outages" (the caller bounds every call's time anyway)."""
     if cluster:
         timeouts = {k: v for k, v in options.items() if k.startswith("socket")}
-        return RedisCluster.from_url(url, **timeouts)
-    return Redis.from_url(url, **options)
+        return RedisCluster.from_url(url, max_connections=pool_size, **timeouts)
+    pool = BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=None, **options)
+    return Redis(connection_pool=pool)
