@@ -263,7 +263,8 @@ async def open_turn_locks(settings: Settings) -> AsyncIterator[TurnLocks]:
         from threadline.checkpointers.redis_clients import is_cluster, redis_client
 
         url = settings.redis_url.get_secret_value()
-        client = redis_client(url, cluster=await is_cluster(url, settings.redis_cluster))
+        cluster = await is_cluster(url, settings.redis_cluster)
+        client = redis_client(url, cluster=cluster, pool_size=settings.redis_pool_size)
         try:
             yield RedisTurnLocks(client)
         finally:

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     hot_ttl_seconds: int = Field(default=3600, ge=1)
     # `auto`: ask Redis at start-up whether it is a cluster; `true`/`false` decide.
     redis_cluster: Literal["auto", "true", "false"] = "auto"
+    # Redis connections per process (per node on a cluster); a call past them waits.
+    redis_pool_size: int = Field(default=256, ge=1)
     redis_timeout_seconds: float = Field(default=0.1, gt=0)
     aes_key: SecretStr | None = None
     # Several keys with ids, `new:KEY2,old:KEY1`: the first encrypts, all decrypt

@@ -85,6 +85,7 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
             hot_ttl_seconds=settings.hot_ttl_seconds,
             redis_timeout_seconds=settings.redis_timeout_seconds,
             redis_cluster=settings.redis_cluster,
+            redis_pool_size=settings.redis_pool_size,
         ) as tiered_saver:
             yield tiered_saver
     else:  # pragma: no cover - Settings validates the kind

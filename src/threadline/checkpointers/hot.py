@@ -52,7 +52,7 @@ from threadline.checkpointers.hot_protocol import (
     write_field,
     writes_call,
 )
-from threadline.checkpointers.redis_clients import redis_client
+from threadline.checkpointers.redis_clients import DEFAULT_POOL_SIZE, redis_client
 from threadline.checkpointers.rows import (
     CheckpointRecord,
     PendingWrite,
@@ -204,6 +204,7 @@ class HotTier:
         timeout_seconds: float = 0.1,
         prefix: str = "threadline",
         cluster: bool = False,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> HotTier:
         """A client that never retries by itself (on a cluster: only to follow the slot map).
 
@@ -214,6 +215,7 @@ class HotTier:
         client = redis_client(
             url,
             cluster=cluster,
+            pool_size=pool_size,
             socket_timeout=None,
             socket_connect_timeout=None,
             retry=Retry(NoBackoff(), 0),

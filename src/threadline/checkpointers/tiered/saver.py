@@ -38,7 +38,7 @@ from threadline.checkpointers.hot import HotHistory, HotTier, history_channels
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.receipts import Receipt
 from threadline.checkpointers.records import RecordQuery, ThreadRecord
-from threadline.checkpointers.redis_clients import ClusterMode, is_cluster
+from threadline.checkpointers.redis_clients import DEFAULT_POOL_SIZE, ClusterMode, is_cluster
 from threadline.checkpointers.rows import (
     CheckpointRecord,
     PreparedCheckpoint,
@@ -157,6 +157,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES,
         setup: bool = True,
         redis_cluster: ClusterMode = "auto",
+        redis_pool_size: int = DEFAULT_POOL_SIZE,
     ) -> AsyncIterator[TieredSaver]:
         """A ready saver owning its Postgres pool and Redis client for the context.
 
@@ -181,6 +182,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
                 timeout_seconds=redis_timeout_seconds,
                 prefix=key_prefix or await deployment_key_prefix(durable),
                 cluster=await is_cluster(redis_url, redis_cluster),
+                pool_size=redis_pool_size,
             )
             saver = cls(durable, hot, redis_retry_seconds=redis_retry_seconds)
             try:
