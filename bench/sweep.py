@@ -23,7 +23,7 @@ import psycopg
 from langchain_core.messages import HumanMessage
 
 from bench.common import bench_services
-from threadline.cli import opened_keeper
+from threadline.assembly import open_keeper
 from threadline.retention import Sweeper
 from threadline.server.turns import TurnRunner
 from threadline.settings import Settings
@@ -58,7 +58,7 @@ def table_stats(url: str) -> dict[str, tuple[int, int]]:
 
 
 async def populate(settings: Settings, threads: int, turns: int) -> None:
-    async with opened_keeper(settings) as (keeper, _):
+    async with open_keeper(settings) as (keeper, _):
         runner = TurnRunner(keeper.graph, keeper=keeper)
         gate = asyncio.Semaphore(CONCURRENCY)
 
@@ -73,7 +73,7 @@ async def populate(settings: Settings, threads: int, turns: int) -> None:
 
 
 async def sweep(settings: Settings) -> tuple[float, Any]:
-    async with opened_keeper(settings) as (keeper, locks):
+    async with open_keeper(settings) as (keeper, locks):
         sweeper = Sweeper(keeper, locks, settings.ttl_strategy, settings.thread_ttl_seconds, 1000)
         started = time.perf_counter()
         report = await sweeper.sweep(now=time.time() + 2 * 3600, max_batches=None)

@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any
 
+from threadline.assembly import open_keeper
 from threadline.checkpointers.records import ARCHIVED
-from threadline.cli import opened_keeper
 from threadline.retention import Sweeper
 from threadline.settings import Settings
 
@@ -39,7 +39,7 @@ def kill_after(owner: Any, name: str, nth: int) -> None:
 
 async def main(command: str, point: str, nth: int, keys: list[str]) -> None:
     settings = Settings.from_env().check(model=False)
-    async with opened_keeper(settings) as (keeper, locks):
+    async with open_keeper(settings) as (keeper, locks):
         saver = keeper.graph.checkpointer
         owners = {
             "archive.put": (keeper.archive, "put"),

@@ -16,8 +16,8 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from tests.fixtures.server import settings_for
+from threadline.assembly import open_keeper
 from threadline.checkpointers.serde import UnknownKeyError
-from threadline.cli import opened_keeper
 from threadline.server.turns import TurnRunner
 
 KEY_A = "a" * 32
@@ -44,7 +44,7 @@ async def contents(settings: Any) -> dict[str, Any]:
     """Every thread's state, and the archived thread's state from its object."""
     from threadline.retention.archive import ArchivedThread, object_name
 
-    async with opened_keeper(settings) as (keeper, _):
+    async with open_keeper(settings) as (keeper, _):
         found: dict[str, Any] = {}
         for key in THREADS[:-1]:
             state = await keeper.graph.aget_state({"configurable": {"thread_id": key}})
@@ -84,7 +84,7 @@ async def test_rotate_killed_resumed_then_old_key_dropped(
         **stores[backend],
     }
     under_a = settings_for(aes_key=KEY_A, **common)
-    async with opened_keeper(under_a) as (keeper, _):
+    async with open_keeper(under_a) as (keeper, _):
         runner = TurnRunner(keeper.graph, keeper=keeper)
         for key in THREADS:
             for text in (f"hello {key}", "more", "and more"):
@@ -127,7 +127,7 @@ async def test_rotate_killed_resumed_then_old_key_dropped(
     assert all(t.endswith("+aes-b") for t in stored_tags(backend, stores[backend]))
 
     assert await contents(only_b) == before  # A dropped: everything still reads
-    async with opened_keeper(only_b) as (keeper, _):
+    async with open_keeper(only_b) as (keeper, _):
         await keeper.restore(THREADS[-1])
         runner = TurnRunner(keeper.graph, keeper=keeper)
         await runner.invoke(

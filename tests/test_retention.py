@@ -19,8 +19,8 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from tests.fixtures.server import settings_for
+from threadline.assembly import open_keeper
 from threadline.checkpointers.records import ARCHIVED, LIVE
-from threadline.cli import opened_keeper
 from threadline.locks import TurnLocks
 from threadline.retention import Sweeper, ThreadKeeper
 from threadline.retention.archive import ArchivedThread, object_name
@@ -84,7 +84,7 @@ def deployment(postgres_db_url: str, redis_url: str, plain_redis_url: str, tmp_p
         settings = settings_for(
             model="fake", checkpointer=backend, max_context_tokens=300, **stores[backend], **values
         ).check()
-        async with opened_keeper(settings) as (keeper, locks):
+        async with open_keeper(settings) as (keeper, locks):
             runner = TurnRunner(keeper.graph, keeper=keeper)
             yield Deployment(settings, keeper, locks, runner)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.fixtures.server import settings_for
 from tests.test_erasure import postgres_holds, turn
-from threadline.cli import opened_keeper
+from threadline.assembly import open_keeper
 from threadline.retention import Sweeper
 
 HOUR = 3600.0
@@ -22,7 +22,7 @@ TRANSCRIPT_TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 
 
 async def sweep_later(settings: Any, hours: float) -> list[str]:
-    async with opened_keeper(settings) as (keeper, locks):
+    async with open_keeper(settings) as (keeper, locks):
         sweeper = Sweeper(keeper, locks, settings.ttl_strategy, settings.thread_ttl_seconds)
         report = await sweeper.sweep(now=time.time() + hours * HOUR)
         assert report.error is None, report.error

@@ -19,8 +19,8 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from tests.fixtures.server import settings_for
+from threadline.assembly import open_keeper
 from threadline.checkpointers.records import ARCHIVED, LIVE
-from threadline.cli import opened_keeper
 from threadline.retention.archive import ArchivedThread, object_name
 from threadline.server.turns import TurnRunner
 
@@ -44,7 +44,7 @@ def run_killed(env: dict[str, str], command: str, point: str, nth: int, *keys: s
 async def states(settings: Any) -> dict[str, tuple[str, Any]]:
     """Each thread's status and what it holds: its live state, or its archived one."""
     found: dict[str, tuple[str, Any]] = {}
-    async with opened_keeper(settings) as (keeper, _):
+    async with open_keeper(settings) as (keeper, _):
         for key in THREADS:
             record = await keeper.records.aget_thread_record(key)
             assert record is not None, f"{key} lost its record"
@@ -61,7 +61,7 @@ async def states(settings: Any) -> dict[str, tuple[str, Any]]:
 
 
 async def checkpoint_counts(settings: Any) -> dict[str, int]:
-    async with opened_keeper(settings) as (keeper, _):
+    async with open_keeper(settings) as (keeper, _):
         saver = keeper.graph.checkpointer
         assert saver is not None and not isinstance(saver, bool)
         return {
@@ -88,7 +88,7 @@ def deployment(postgres_db_url: str, tmp_path: Path) -> tuple[Any, dict[str, str
 
 
 async def seed(settings: Any) -> dict[str, Any]:
-    async with opened_keeper(settings) as (keeper, _):
+    async with open_keeper(settings) as (keeper, _):
         runner = TurnRunner(keeper.graph, keeper=keeper)
         for key in THREADS:
             for text in (f"hello from {key}", "a second turn", "a third"):

@@ -1,12 +1,15 @@
-"""Settings → the agent: the one place `THREADLINE_*` becomes a chat model, a memory policy and
-a token counter. The graph (`threadline.graph`) takes those as arguments and reads no settings;
-the composition roots (CLI, server, `threadline.studio`, `threadline.embedding`) come here.
+"""Settings → the agent: the one place `THREADLINE_*` becomes a chat model, a memory policy,
+a token counter, a PII protector, and retention's operations on the configured store. The graph
+(`threadline.graph`) takes those as arguments and reads no settings; the composition roots
+(CLI, server, `threadline.studio`, `threadline.embedding`) come here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import BaseTool
@@ -21,6 +24,10 @@ from threadline.graph.state import InputState, ThreadState
 from threadline.graph.tokens import make_token_counter
 from threadline.privacy import Detector, Protector
 from threadline.settings import FAKE_MODEL, Settings
+
+if TYPE_CHECKING:
+    from threadline.locks import TurnLocks
+    from threadline.retention import ThreadKeeper
 
 ModelOrFactory = BaseChatModel | Callable[[], BaseChatModel]
 
@@ -91,3 +98,18 @@ def protector(settings: Settings) -> Protector | None:
     key = hmac.new(secret.encode(), b"threadline pii", hashlib.sha256).digest() if secret else b""
     detector = Detector(settings.pii_entity_names, settings.pii_custom)
     return Protector(settings.pii_strategy, detector, key)
+
+
+@asynccontextmanager
+async def open_keeper(settings: Settings) -> AsyncIterator[tuple[ThreadKeeper, TurnLocks]]:
+    """Retention's operations on the configured store, and the server's turn locks, so that
+    what a command does to a thread waits for a turn a server is running on it."""
+    from threadline.audit import open_audit_log
+    from threadline.checkpointers import open_checkpointer
+    from threadline.locks import open_turn_locks
+    from threadline.retention import ThreadKeeper, open_archive
+
+    async with open_turn_locks(settings) as locks, open_checkpointer(settings) as saver:
+        graph = make_graph(saver, settings)
+        archive = open_archive(settings.archive_url)
+        yield ThreadKeeper(graph, archive, open_audit_log(settings)), locks

@@ -1,0 +1,66 @@
+"""`threadline keys`: rotate the encryption key."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from threadline.cli.common import err, fail, load_settings, run, say
+
+keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    batch: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per transaction.")] = 500,
+) -> None:
+    """Re-encrypt every stored value under the first key of THREADLINE_AES_KEYS: checkpoints,
+    writes and metadata (Postgres or SQLite), the archive; the hot tier is emptied (a cache).
+
+    Batches commit one by one and only rows not yet under the first key are read, so a
+    rotation that was stopped is finished by running it again. Afterwards the other keys can
+    be removed from THREADLINE_AES_KEYS."""
+    settings = load_settings(model=False)
+    if settings.aes_keys is None and settings.aes_key is None:
+        raise fail("nothing is encrypted: set THREADLINE_AES_KEYS=new:KEY2,old:KEY1 first")
+    from rich.progress import Progress
+
+    from threadline.checkpointers import open_checkpointer
+    from threadline.checkpointers.durable import DurablePostgresSaver
+    from threadline.checkpointers.rotation import rotate_postgres, rotate_sqlite, stale_rows
+    from threadline.checkpointers.serde import UnknownKeyError
+    from threadline.checkpointers.sqlite import SqliteSaver
+    from threadline.checkpointers.tiered import TieredSaver
+    from threadline.retention.archive import open_archive, reseal_all
+
+    async def main() -> str:
+        async with open_checkpointer(settings) as saver:
+            ring = saver.serde.cipher  # type: ignore[attr-defined]
+            durable = getattr(saver, "durable", saver)
+            with Progress(console=err, transient=True) as progress:
+                task = progress.add_task("re-encrypting", total=await stale_rows(saver, ring))
+
+                def advance(what: str, rows: int) -> None:
+                    progress.advance(task, rows)
+
+                if isinstance(durable, DurablePostgresSaver):
+                    rows = await rotate_postgres(durable, ring, batch, advance)
+                elif isinstance(saver, SqliteSaver):
+                    rows = await rotate_sqlite(saver, ring, batch, advance)
+                else:
+                    rows = 0  # memory: nothing outlives the process
+            hot = await saver.hot.drop_all() if isinstance(saver, TieredSaver) else 0
+            archive = open_archive(settings.archive_url)
+            resealed, objects = (
+                await reseal_all(archive, saver.serde, ring.current_name) if archive else (0, 0)
+            )
+        return (
+            f"re-encrypted {rows} rows under key {ring.current_id!r}; dropped {hot} hot-tier "
+            f"keys; re-sealed {resealed} of {objects} archive objects"
+        )
+
+    try:
+        say(run(main))
+    except UnknownKeyError as exc:
+        raise fail(f"{exc}; add the key it was written with to THREADLINE_AES_KEYS", 1) from None
