@@ -26,15 +26,6 @@ THREADS = [f"rot-{n}" for n in range(5)]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def stores(postgres_db_url: str, plain_redis_url: str, tmp_path: Path) -> Any:
-    return {
-        "sqlite": {"sqlite_path": tmp_path / "threads.sqlite"},
-        "postgres": {"postgres_url": postgres_db_url},
-        "tiered": {"postgres_url": postgres_db_url, "redis_url": plain_redis_url},
-    }
-
-
 def env_of(values: dict[str, Any]) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
     return {**base, **{f"THREADLINE_{k.upper()}": str(v) for k, v in values.items()}}
@@ -74,14 +65,14 @@ def stored_tags(backend: str, store: dict[str, Any]) -> set[str]:
 
 @pytest.mark.parametrize("backend", ["postgres", "tiered", "sqlite"])
 async def test_rotate_killed_resumed_then_old_key_dropped(
-    backend: str, stores: Any, tmp_path: Path
+    backend: str, backend_stores: Any, tmp_path: Path
 ) -> None:
     common = {
         "checkpointer": backend,
         "model": "fake",
         "archive_url": f"file://{tmp_path / 'archive'}",
         "audit_log_path": tmp_path / "audit.jsonl",
-        **stores[backend],
+        **backend_stores[backend],
     }
     under_a = settings_for(aes_key=KEY_A, **common)
     async with open_keeper(under_a) as (keeper, _):
@@ -110,7 +101,7 @@ async def test_rotate_killed_resumed_then_old_key_dropped(
         timeout=120,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    tags = stored_tags(backend, stores[backend])
+    tags = stored_tags(backend, backend_stores[backend])
     assert any(t.endswith("+aes-b") for t in tags) and any(t.endswith("+aes") for t in tags)
     assert await contents(ring) == before  # part-way: everything reads under the ring
 
@@ -124,7 +115,7 @@ async def test_rotate_killed_resumed_then_old_key_dropped(
     )
     assert done.returncode == 0, done.stderr
     assert "re-sealed 1 of 1 archive objects" in done.stdout
-    assert all(t.endswith("+aes-b") for t in stored_tags(backend, stores[backend]))
+    assert all(t.endswith("+aes-b") for t in stored_tags(backend, backend_stores[backend]))
 
     assert await contents(only_b) == before  # A dropped: everything still reads
     async with open_keeper(only_b) as (keeper, _):

@@ -60,44 +60,63 @@ async def test_redis_turn_locks_on_a_cluster(redis_cluster: Any) -> None:
             pass
 
 
+class Conversations:
+    """Threads taking turns back to back until stopped, each turn read back at once: what was
+    acknowledged, which requests failed (status codes) and which reads were stale."""
+
+    def __init__(self, client: Any, threads: list[str]) -> None:
+        self.client = client
+        self.acknowledged: dict[str, list[str]] = {t: [] for t in threads}
+        self.errors: list[int] = []
+        self.stale: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._converse(t)) for t in threads]
+
+    async def _converse(self, thread: str) -> None:
+        n = 0
+        while not self._stop.is_set():
+            text = f"{thread}-{n}"
+            response = await self.client.post("/agent/invoke", json=turn(thread, text))
+            if response.status_code != 200:
+                self.errors.append(response.status_code)
+                continue
+            self.acknowledged[thread].append(text)
+            shown = (await self.client.get(f"/threads/{thread}")).json()["messages"]
+            if [m["content"] for m in shown][0::2] != self.acknowledged[thread]:
+                self.stale.append(text)
+            n += 1
+
+    async def stop(self) -> dict[str, list[Any]]:
+        """Stop, and return every thread's stored transcript."""
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return {
+            t: (await self.client.get(f"/threads/{t}")).json()["messages"]
+            for t in self.acknowledged
+        }
+
+    def check(self, finals: dict[str, list[Any]]) -> None:
+        assert not self.errors, self.errors
+        assert not self.stale, self.stale[:5]
+        for thread, messages in finals.items():  # every acknowledged turn, once, in order
+            assert [m["content"] for m in messages][0::2] == self.acknowledged[thread]
+
+
 async def test_resharding_while_turns_run_loses_nothing(served: Any, redis_cluster: Any) -> None:
     run = uuid.uuid4().hex[:6]
     threads = [f"r-{run}-{n}" for n in range(20)]
-    acknowledged: dict[str, list[str]] = {t: [] for t in threads}
-    failures: list[str] = []
-    stop = asyncio.Event()
-
     async with served("tiered", redis_url=redis_cluster.url) as client:
-
-        async def converse(thread: str) -> None:
-            n = 0
-            while not stop.is_set():
-                text = f"{thread}-{n}"
-                response = await client.post("/agent/invoke", json=turn(thread, text))
-                if response.status_code != 200:
-                    failures.append(response.text)
-                    continue
-                acknowledged[thread].append(text)
-                shown = (await client.get(f"/threads/{thread}")).json()["messages"]
-                if [m["content"] for m in shown][0::2] != acknowledged[thread]:
-                    failures.append(f"stale read after {text}")
-                n += 1
-
-        workers = [asyncio.create_task(converse(t)) for t in threads]
+        conversations = Conversations(client, threads)
         await asyncio.sleep(1)
         await asyncio.to_thread(redis_cluster.reshard, 3000)  # ASK and MOVED while it runs
         await asyncio.sleep(1)
-        stop.set()
-        await asyncio.gather(*workers)
-        finals = {t: (await client.get(f"/threads/{t}")).json()["messages"] for t in threads}
+        finals = await conversations.stop()
         before = await scrape(client)
         for thread in threads:  # the hot tier serves from the new owners
             assert (await client.post("/agent/invoke", json=turn(thread, "after"))).is_success
         after = await scrape(client)
 
-    assert not failures, failures[:5]
-    for thread, messages in finals.items():
-        assert [m["content"] for m in messages][0::2] == acknowledged[thread]
+    conversations.check(finals)
     assert moved(before, after, "threadline_hot_reads_total", result="hit") >= len(threads)
 
 
@@ -116,33 +135,13 @@ async def test_a_master_killed_under_load_loses_nothing(
     server = server_process(env, args=("--workers", "2"))
     run = uuid.uuid4().hex[:6]
     threads = [f"f-{run}-{n:02d}" for n in range(50)]
-    acknowledged: dict[str, list[str]] = {t: [] for t in threads}
-    stale: list[str] = []
-    errors: list[int] = []
-    stop = asyncio.Event()
 
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         warm = [client.post("/agent/invoke", json=turn(f"w-{run}-{n}", "warm")) for n in range(8)]
         assert all(r.status_code == 200 for r in await asyncio.gather(*warm))
-
-        async def converse(thread: str) -> None:
-            n = 0
-            while not stop.is_set():
-                text = f"{thread}-{n}"
-                response = await client.post("/agent/invoke", json=turn(thread, text))
-                if response.status_code != 200:
-                    errors.append(response.status_code)
-                    continue
-                acknowledged[thread].append(text)
-                shown = (await client.get(f"/threads/{thread}")).json()["messages"]
-                if [m["content"] for m in shown][0::2] != acknowledged[thread]:
-                    stale.append(text)
-                n += 1
-
-        workers = [asyncio.create_task(converse(t)) for t in threads]
+        conversations = Conversations(client, threads)
         await asyncio.sleep(3)
-        victim = redis_cluster.masters()[0]
-        victim.stop()  # its replica is promoted after the cluster node timeout
+        redis_cluster.masters()[0].stop()  # its replica is promoted after the node timeout
         killed_at = time.monotonic()
         resumed_after = None
         while time.monotonic() - killed_at < 60:
@@ -150,27 +149,19 @@ async def test_a_master_killed_under_load_loses_nothing(
             if len(redis_cluster.masters()) == 3:
                 before = await scrape(client)
                 await asyncio.sleep(1)
-                hits = moved(
-                    before, await scrape(client), "threadline_hot_reads_total", result="hit"
-                )
-                fallbacks = moved(
-                    before, await scrape(client), "threadline_hot_reads_total", result="fallback"
-                )
+                after = await scrape(client)
+                hits = moved(before, after, "threadline_hot_reads_total", result="hit")
+                fallbacks = moved(before, after, "threadline_hot_reads_total", result="fallback")
                 if hits and not fallbacks:  # a second with Redis serving everything again
                     resumed_after = time.monotonic() - killed_at - 1
                     break
         await asyncio.sleep(2)
-        stop.set()
-        await asyncio.gather(*workers)
-        finals = {t: (await client.get(f"/threads/{t}")).json()["messages"] for t in threads}
+        finals = await conversations.stop()
 
     assert resumed_after is not None, "the hot tier never served again"
-    assert not errors, errors
-    assert not stale, stale[:5]
-    for thread, messages in finals.items():
-        assert [m["content"] for m in messages][0::2] == acknowledged[thread]
-    total = sum(len(v) for v in acknowledged.values())
+    conversations.check(finals)
+    total = sum(len(v) for v in conversations.acknowledged.values())
     print(
-        f"\nfailover: {total} turns acknowledged, 0 lost, 0 stale, {len(errors)} errors, "
+        f"\nfailover: {total} turns acknowledged, 0 lost, 0 stale, 0 errors, "
         f"hot reads resumed {resumed_after:.1f}s after the kill"
     )

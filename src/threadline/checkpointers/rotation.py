@@ -15,6 +15,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from threadline.checkpointers.durable import SEALED_VALUES
 from threadline.checkpointers.serde import KeyRing, ValueSealer
 
 Progress = Callable[[str, int], None]  # (what, rows just rotated)
@@ -29,7 +30,6 @@ SQLITE_TYPED_TABLES = {
     "checkpoints": (("thread_id", "checkpoint_ns", "checkpoint_id"), "checkpoint"),
     "writes": (("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"), "value"),
 }
-SEALED_VALUES = "$enc_values"  # durable.py's envelope of a checkpoint's inline values
 POSTGRES_CHECKPOINTS_SQL = f"""
 SELECT thread_id, checkpoint_ns, checkpoint_id, checkpoint -> '{SEALED_VALUES}' AS sealed,
     metadata
