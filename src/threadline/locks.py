@@ -1,9 +1,10 @@
 """One turn at a time per thread: a lock held for the whole request that runs the turn.
 
-Postgres-backed deployments (postgres, tiered) use transaction-scoped advisory locks, so a lock
-dies with its connection when a replica crashes; the stock Redis backend uses a Redis lease that a
-holder keeps renewing; memory and SQLite are single-process and use asyncio locks. A second turn
-waits up to the configured timeout and then gets `ThreadBusyError` (HTTP 409).
+Postgres-backed deployments (postgres, tiered) use session-level advisory locks over one shared
+connection per process, so a lock dies with its session when a replica crashes; the stock Redis
+backend uses a Redis lease that a holder keeps renewing; memory and SQLite are single-process
+and use asyncio locks. A second turn waits up to the configured timeout and then gets
+`ThreadBusyError` (HTTP 409).
 """
 
 from __future__ import annotations
@@ -19,15 +20,19 @@ from typing import Any, Protocol
 
 import anyio
 
-from threadline.checkpointers import open_pool
 from threadline.settings import Settings
 
 log = logging.getLogger("threadline.server")
 
 REDIS_LEASE_SECONDS = 30.0
-REDIS_POLL_SECONDS = 0.02
-LOCK_POOL_PER_SAVER_CONNECTION = 4
-POOL_WAIT_SECONDS = 5.0  # waiting for a connection is capacity, not the thread's turn
+POLL_SECONDS = 0.02  # a busy thread's waiter asks again this often (Postgres and Redis)
+CONNECT_TIMEOUT_SECONDS = 5
+TRY_LOCK_SQL = (
+    "SELECT pg_try_advisory_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i) ORDER BY i"
+)
+UNLOCK_SQL = (
+    "SELECT pg_advisory_unlock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i) ORDER BY i"
+)
 SETUP_KEY = "threadline-setup"
 SETUP_WAIT_SECONDS = 120.0
 SETUP_POLL_SECONDS = 0.1
@@ -113,88 +118,156 @@ def advisory_key(key: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-class PostgresTurnLocks:
-    """Transaction-level advisory locks; Postgres queues waiters and enforces the timeout.
+class _AdvisorySession:
+    """One Postgres session that holds a process's advisory locks, batching its statements.
 
-    The connection is taken from the pool by hand, not with `async with`, so that only the
-    acquisition's errors become lock errors and a failed release never fails a finished turn.
+    Every try-lock and unlock that callers ask for while a statement is in flight goes out in the
+    next single statement, so the lock traffic of N concurrent turns costs one round trip, not N,
+    and the whole process needs one connection however many turns it runs. A broken session
+    loses its locks (Postgres releases them); its generation number tells holders so.
     """
 
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._conn: Any = None
+        self._pending: list[tuple[str, int, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._io = asyncio.Lock()
+        self.generation = 0
 
-    @asynccontextmanager
-    async def hold(self, keys: Sequence[str], timeout: float) -> AsyncIterator[None]:
+    def try_lock(self, lock_id: int) -> asyncio.Future[bool]:
+        return self._submit("lock", lock_id)
+
+    def unlock(self, lock_id: int) -> asyncio.Future[bool]:
+        return self._submit("unlock", lock_id)
+
+    async def ping(self) -> None:
+        async with self._io:
+            await self._execute("SELECT 1", ())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
+
+    def _submit(self, op: str, lock_id: int) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, lock_id, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self._io:
+                    # Unlocks first: a released key may be the one a waiter asks for.
+                    for op, sql in (("unlock", UNLOCK_SQL), ("lock", TRY_LOCK_SQL)):
+                        calls = [(lock_id, f) for o, lock_id, f in batch if o == op]
+                        if calls:
+                            rows = await self._execute(sql, ([lock_id for lock_id, _ in calls],))
+                            for (_, future), (ok,) in zip(calls, rows, strict=True):
+                                if not future.done():
+                                    future.set_result(bool(ok))
+            except LockBackendError as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+
+    async def _execute(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         import psycopg
-        from psycopg_pool import PoolTimeout
 
-        deadline = time.monotonic() + timeout
         try:
-            conn = await self._pool.getconn(timeout=max(timeout, POOL_WAIT_SECONDS))
-        except PoolTimeout:
-            raise LockBackendError(
-                "thread locks unavailable: no Postgres connection within "
-                f"{max(timeout, POOL_WAIT_SECONDS):g}s (Postgres down, or every connection busy)"
-            ) from None
-        except psycopg.OperationalError as exc:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+                )
+                self.generation += 1
+            cursor = await self._conn.execute(sql, params)
+            return list(await cursor.fetchall())
+        except psycopg.Error as exc:
+            if self._conn is not None:
+                await self._conn.close()  # its locks are gone with it; the next call reconnects
+            self._conn = None
             raise LockBackendError(
                 f"thread locks unavailable: Postgres refused ({type(exc).__name__})"
             ) from None
-        try:
-            try:
-                await conn.execute("BEGIN")
-                for key in sorted(set(keys)):
-                    await self._lock(conn, advisory_key(key), _remaining(deadline), key)
-            except psycopg.errors.LockNotAvailable:
-                raise ThreadBusyError(keys[0]) from None
-            except psycopg.OperationalError as exc:
-                raise LockBackendError(
-                    f"thread locks unavailable: Postgres refused ({type(exc).__name__})"
-                ) from None
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await conn.execute("ROLLBACK")  # ends the transaction: the locks go with it
-                except psycopg.Error as exc:
-                    log.warning("thread lock connection failed on release: %s", exc)
-                await self._pool.putconn(conn)
 
-    @staticmethod
-    async def _lock(conn: Any, lock_id: int, seconds: float, key: str) -> None:
-        millis = int(seconds * 1000)
-        if millis <= 0:  # lock_timeout 0 would mean "wait forever"
-            cursor = await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (lock_id,))
-            row = await cursor.fetchone()
-            if not row["ok"]:
-                raise ThreadBusyError(key)
-            return
-        await conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{millis}ms",))
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
+
+class PostgresTurnLocks(_OneLockPerKey):
+    """Session-level advisory locks, polled, over one shared connection per process.
+
+    Holding a connection per in-flight turn (transaction-level locks) made connections grow with
+    concurrent turns times processes until Postgres refused clients (a default server allows 100).
+    A lock dies with the session, so a crashed replica's locks are released at once. Session
+    locks are reentrant within a session, so turns of this process take an asyncio lock per key
+    first and only one of them at a time asks Postgres.
+    """
+
+    def __init__(self, conninfo: str) -> None:
+        self._session = _AdvisorySession(conninfo)
+        self._local = LocalTurnLocks()
 
     @asynccontextmanager
-    async def setup_guard(self) -> AsyncIterator[None]:
-        """A session-level lock, polled: a statement waiting on a lock (or an open transaction)
-        would hold a snapshot that the holder's `CREATE INDEX CONCURRENTLY` waits for."""
-        lock_id = advisory_key(SETUP_KEY)
-        async with self._pool.connection(timeout=POOL_WAIT_SECONDS) as conn:
-            deadline = time.monotonic() + SETUP_WAIT_SECONDS
-            while True:
-                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (lock_id,))
-                if (await cursor.fetchone())["ok"]:
-                    break
-                if time.monotonic() > deadline:
-                    raise LockBackendError("another replica has been setting up the store too long")
-                await asyncio.sleep(SETUP_POLL_SECONDS)
+    async def _hold_one(self, key: str, deadline: float) -> AsyncIterator[None]:
+        async with self._local.hold([key], _remaining(deadline)):
+            lock_id = advisory_key(key)
+            generation = await self._acquire(lock_id, key, deadline)
             try:
                 yield
             finally:
                 with anyio.CancelScope(shield=True):
-                    await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_id,))
+                    await self._release(lock_id, generation)
+
+    async def _acquire(self, lock_id: int, key: str, deadline: float) -> int:
+        while True:
+            attempt = self._session.try_lock(lock_id)
+            try:
+                taken = await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                attempt.add_done_callback(lambda f: self._release_if_taken(f, lock_id))
+                raise
+            if taken:
+                return self._session.generation
+            if time.monotonic() >= deadline:
+                raise ThreadBusyError(key)
+            await asyncio.sleep(min(POLL_SECONDS, _remaining(deadline)))
+
+    def _release_if_taken(self, attempt: asyncio.Future[bool], lock_id: int) -> None:
+        """A caller cancelled while its try-lock was in flight must not leave the lock held."""
+        if not attempt.cancelled() and attempt.exception() is None and attempt.result():
+            generation = self._session.generation
+            asyncio.get_running_loop().create_task(self._release(lock_id, generation))
+
+    async def _release(self, lock_id: int, generation: int) -> None:
+        if generation != self._session.generation:
+            log.warning("the thread lock session was lost while a turn held a lock")
+            return
+        try:
+            if not await self._session.unlock(lock_id):
+                log.warning("a thread lock was not held at release (its session was lost)")
+        except LockBackendError as exc:
+            log.warning("could not release a thread lock (its session is gone): %s", exc)
+
+    @asynccontextmanager
+    async def setup_guard(self) -> AsyncIterator[None]:
+        """Polled like every lock here, so no statement waits holding a snapshot that a
+        holder's `CREATE INDEX CONCURRENTLY` would wait for."""
+        try:
+            async with self.hold([SETUP_KEY], SETUP_WAIT_SECONDS):
+                yield
+        except ThreadBusyError:
+            raise LockBackendError(
+                "another replica has been setting up the store too long"
+            ) from None
 
     async def ping(self) -> None:
-        async with self._pool.connection(timeout=2.0) as conn:
-            await conn.execute("SELECT 1")
+        await self._session.ping()
+
+    async def aclose(self) -> None:
+        await self._session.close()
 
 
 class RedisTurnLocks(_OneLockPerKey):
@@ -210,7 +283,7 @@ class RedisTurnLocks(_OneLockPerKey):
         lock = self._client.lock(
             f"threadline:turn-lock:{{{key}}}",
             timeout=REDIS_LEASE_SECONDS,
-            sleep=REDIS_POLL_SECONDS,
+            sleep=POLL_SECONDS,
             blocking_timeout=_remaining(deadline),
             thread_local=False,
         )
@@ -256,9 +329,11 @@ async def open_turn_locks(settings: Settings) -> AsyncIterator[TurnLocks]:
     """The lock that matches the checkpointer: shared wherever the threads are shared."""
     kind = settings.checkpointer
     if kind in ("postgres", "tiered") and settings.postgres_url is not None:
-        size = settings.postgres_pool_size * LOCK_POOL_PER_SAVER_CONNECTION
-        async with open_pool(settings.postgres_url.get_secret_value(), size) as pool:
-            yield PostgresTurnLocks(pool)
+        locks = PostgresTurnLocks(settings.postgres_url.get_secret_value())
+        try:
+            yield locks
+        finally:
+            await locks.aclose()
     elif kind == "redis" and settings.redis_url is not None:
         from threadline.checkpointers.redis_clients import is_cluster, redis_client
 
