@@ -186,9 +186,11 @@ class HotTier:
         ttl_seconds: float = 3600,
         timeout_seconds: float = 0.1,
         prefix: str = "threadline",
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         self.client = client
         self.timeout_seconds = timeout_seconds
+        self.pool_size = pool_size
         self.serde = serde
         self.ttl_ms = max(1, int(ttl_seconds * 1000))
         self.prefix = prefix
@@ -227,6 +229,7 @@ class HotTier:
             ttl_seconds=ttl_seconds,
             timeout_seconds=timeout_seconds,
             prefix=prefix,
+            pool_size=pool_size,
         )
 
     async def aclose(self) -> None:

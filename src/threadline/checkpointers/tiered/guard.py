@@ -3,7 +3,9 @@
 Every Redis call of the tiered saver goes through `call`. A failure opens the breaker for
 `retry_seconds` (Redis is skipped meanwhile, `available` is False); a deadline is the Redis
 timeout plus a multiple of how late the event loop currently runs callbacks, so a busy or
-stalled loop is not mistaken for a slow Redis.
+stalled loop is not mistaken for a slow Redis. The deadline starts once a connection is free
+(at most `max_in_flight` calls run at once): waiting for one is this process's load, not
+Redis's.
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ class RedisGuard:
         timeout_seconds: float,
         retry_seconds: float,
         on_failure: Callable[[], None] = lambda: None,
+        *,
+        max_in_flight: int = 256,
     ) -> None:
         self.timeout_seconds = timeout_seconds
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._answered_at = 0.0  # when Redis last answered a call of this process
         self.retry_seconds = retry_seconds
         self._on_failure = on_failure  # e.g. the journal must be reloaded before Redis again
         self._retry_at = 0.0
@@ -68,22 +74,27 @@ class RedisGuard:
     async def call(self, make_call: Callable[[], Awaitable[T]]) -> T:
         """Run a Redis call under the Redis timeout, plus what the event loop is lagging.
 
-        A busy loop delays replies that have long arrived, and a deadline that fires late
-        means the loop stalled (a synchronous node, a slow import): neither is Redis being
-        slow. When either shows at the deadline, the call is retried (every Redis call here
-        is idempotent) rather than Redis declared down.
+        A busy loop delays replies that have long arrived, a deadline that fires late means
+        the loop stalled (a synchronous node, a slow import), and other calls answered while
+        this one waited means this process is still working through replies: none of them is
+        Redis being slow. When any shows at the deadline, the call is retried (every Redis
+        call here is idempotent) rather than Redis declared down.
         """
         loop = asyncio.get_running_loop()
-        for _ in range(STALL_RETRIES + 1):
-            budget = self._budget()
-            started = loop.time()
-            try:
-                async with asyncio.timeout(budget):
-                    return await make_call()
-            except TimeoutError:
-                elapsed = loop.time() - started
-                if elapsed < budget * 1.5 and self._budget() <= budget:
-                    break
+        async with self._in_flight:
+            for _ in range(STALL_RETRIES + 1):
+                budget = self._budget()
+                started = loop.time()
+                try:
+                    async with asyncio.timeout(budget):
+                        result = await make_call()
+                except TimeoutError:
+                    stalled = loop.time() - started >= budget * 1.5 or self._budget() > budget
+                    if not stalled and self._answered_at <= started:
+                        break  # nothing answered while this call waited: Redis is down
+                else:
+                    self._answered_at = loop.time()
+                    return result
         raise RedisTimeoutError(f"no answer from Redis within {budget:g}s")
 
     def _budget(self) -> float:

@@ -136,7 +136,9 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         self.hot = hot
         self.loop = asyncio.get_running_loop()
         self.journal = InvalidationJournal(durable, self._invalidate_in_redis)
-        self.guard = RedisGuard(hot.timeout_seconds, redis_retry_seconds, self._redis_down)
+        self.guard = RedisGuard(
+            hot.timeout_seconds, redis_retry_seconds, self._redis_down, max_in_flight=hot.pool_size
+        )
         self.staged = StagedCommits(self._commit_in_redis)
         self._tasks = BackgroundTasks()  # invalidations that nobody waits for
 
