@@ -22,7 +22,7 @@ from threadline.server.turns import TurnRunner
 
 KEY_A = "a" * 32
 KEY_B = "b" * 32
-THREADS = [f"rot-{n}" for n in range(5)]
+THREADS = [f"rot-{n}" for n in range(9)]  # more records than a --batch
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -52,13 +52,18 @@ def stored_tags(backend: str, store: dict[str, Any]) -> set[str]:
         import sqlite3
 
         with sqlite3.connect(store["sqlite_path"]) as conn:
-            rows = conn.execute("SELECT type FROM checkpoints UNION SELECT type FROM writes")
+            rows = conn.execute(
+                "SELECT type FROM checkpoints UNION SELECT type FROM writes "
+                "UNION SELECT substr(title, 1, instr(substr(title, 6), ':') + 4) "
+                "FROM threadline_threads"
+            )
             return {r[0] for r in rows if r[0] and "+" in r[0]}
     with psycopg.connect(store["postgres_url"]) as conn:
         rows = conn.execute(
             "SELECT type FROM checkpoint_blobs UNION SELECT type FROM checkpoint_writes "
             "UNION SELECT checkpoint -> '$enc_values' ->> 0 FROM checkpoints "
-            "UNION SELECT metadata -> '$enc' ->> 0 FROM checkpoints"
+            "UNION SELECT metadata -> '$enc' ->> 0 FROM checkpoints "
+            "UNION SELECT split_part(title, ':', 2) FROM threadline_threads"
         ).fetchall()
         return {r[0] for r in rows if r[0] and "+" in r[0]}
 

@@ -10,12 +10,14 @@ unreadable (a row is rewritten whole or not at all). Afterwards every old key ca
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from threadline.checkpointers.durable import SEALED_VALUES
+from threadline.checkpointers.records import ThreadRecord
 from threadline.checkpointers.serde import KeyRing, ValueSealer
 
 Progress = Callable[[str, int], None]  # (what, rows just rotated)
@@ -45,6 +47,27 @@ UPDATE checkpoints SET
     metadata = %(metadata)s
 WHERE thread_id = %(thread_id)s AND checkpoint_ns = %(checkpoint_ns)s
     AND checkpoint_id = %(checkpoint_id)s
+"""
+
+
+# Thread records whose sealed text (see `privacy.sealed_records`: `$enc:<type>:<base64>`, or
+# `{"$enc": [type, base64]}` metadata) names another cipher. `{p}` is the store's placeholder.
+POSTGRES_STALE_RECORDS = """
+    (left(thread_id, 5) = '$enc:'
+        AND split_part(split_part(thread_id, ':', 2), '+', 2) <> %(current)s)
+    OR (left(title, 5) = '$enc:' AND split_part(split_part(title, ':', 2), '+', 2) <> %(current)s)
+    OR split_part(metadata -> '$enc' ->> 0, '+', 2) <> %(current)s
+"""
+# SQLite has no split_part: the cipher is what lies between the type tag's '+' and the ':'.
+_SQLITE_TEXT_CIPHER = (
+    "substr({c}, instr({c}, '+') + 1, instr(substr({c}, 6), ':') + 4 - instr({c}, '+'))"
+)
+SQLITE_STALE_RECORDS = f"""
+    (substr(thread_id, 1, 5) = '$enc:'
+        AND {_SQLITE_TEXT_CIPHER.format(c="thread_id")} <> :current)
+    OR (substr(title, 1, 5) = '$enc:' AND {_SQLITE_TEXT_CIPHER.format(c="title")} <> :current)
+    OR substr(json_extract(metadata, '$."$enc"[0]'),
+        instr(json_extract(metadata, '$."$enc"[0]'), '+') + 1) <> :current
 """
 
 
@@ -108,7 +131,8 @@ async def rotate_postgres(saver: Any, ring: KeyRing, batch: int, progress: Progr
         rotated += len(rows)
         progress("checkpoints", len(rows))
         if len(rows) < batch:
-            return rotated
+            break
+    return rotated + await _rotate_records(saver, batch, progress)
 
 
 async def rotate_sqlite(saver: Any, ring: KeyRing, batch: int, progress: Progress) -> int:
@@ -136,7 +160,59 @@ async def rotate_sqlite(saver: Any, ring: KeyRing, batch: int, progress: Progres
             progress(table, len(rows))
             if len(rows) < batch:
                 break
-    return rotated
+    return rotated + await _rotate_records(saver, batch, progress)
+
+
+async def _rotate_records(saver: Any, batch: int, progress: Progress) -> int:
+    """Re-seal thread records' sealed text under the current key. Each record is updated only
+    if it is still as read, so a rename meanwhile is never overwritten (it is sealed under the
+    current key already)."""
+    from threadline.privacy.sealed_records import RecordSealer
+
+    sealer = RecordSealer(saver.serde)
+    current = saver.serde.cipher.current_name
+    postgres = hasattr(saver, "cursor")
+    where = POSTGRES_STALE_RECORDS if postgres else SQLITE_STALE_RECORDS
+    placeholder = "%s" if postgres else "?"
+    select = (
+        f"SELECT thread_key, thread_id, title, metadata FROM threadline_threads WHERE {where} "
+        + ("LIMIT %(batch)s" if postgres else "LIMIT :batch")
+    )
+    update = (
+        f"UPDATE threadline_threads SET thread_id = {placeholder}, title = {placeholder}, "
+        f"metadata = {placeholder} WHERE thread_key = {placeholder} AND thread_id = "
+        f"{placeholder} AND title = {placeholder} AND metadata = {placeholder}"
+    )
+    rotated = 0
+    while True:
+        if postgres:
+            async with saver.cursor() as cur, cur.connection.transaction():
+                await cur.execute(select, {"current": current, "batch": batch})
+                rows = [tuple(row.values()) for row in await cur.fetchall()]
+                for row in rows:
+                    await cur.execute(update, _resealed(sealer, row, Jsonb))
+        else:
+            async with saver.lock:
+                async with saver.conn.execute(select, {"current": current, "batch": batch}) as c:
+                    rows = [tuple(row) for row in await c.fetchall()]
+                for row in rows:
+                    await saver.conn.execute(update, _resealed(sealer, row, json.dumps))
+                await saver.conn.commit()
+        rotated += len(rows)
+        progress("threadline_threads", len(rows))
+        if len(rows) < batch:
+            return rotated
+
+
+def _resealed(sealer: Any, row: tuple[Any, ...], encode: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """The UPDATE's parameters: the record's text sealed anew, then the row as it was read."""
+    thread_key, thread_id, title, raw_metadata = row
+    metadata = json.loads(raw_metadata) if isinstance(raw_metadata, str) else raw_metadata
+    stored = ThreadRecord(thread_key, "", thread_id, None, title, 0.0, 0.0, 0, metadata)
+    fresh = sealer.seal(sealer.open(stored))
+    as_read = raw_metadata if isinstance(raw_metadata, str) else encode(raw_metadata)
+    return (fresh.thread_id, fresh.title, encode(fresh.metadata), thread_key, thread_id, title,
+            as_read)  # fmt: skip
 
 
 async def stale_rows(saver: Any, ring: KeyRing) -> int:

@@ -58,12 +58,13 @@ def threads_list(
     from datetime import UTC, datetime
 
     from threadline.checkpointers import open_checkpointer
-    from threadline.checkpointers.records import KeepsThreadRecords, RecordQuery, ThreadRecord
+    from threadline.checkpointers.records import RecordQuery, ThreadRecord
+    from threadline.privacy.sealed_records import SealedRecords
 
     async def main() -> list[ThreadRecord]:
         async with open_checkpointer(settings) as saver:
-            assert isinstance(saver, KeepsThreadRecords)
-            return await saver.alist_thread_records(RecordQuery(tenant or "", user, limit))
+            query = RecordQuery(tenant or "", user, limit)
+            return await SealedRecords.of(saver).alist_thread_records(query)
 
     def when(seconds: float) -> str:
         return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -89,7 +90,7 @@ def threads_export(
 
     from threadline.assembly import make_graph
     from threadline.checkpointers import open_checkpointer
-    from threadline.checkpointers.records import KeepsThreadRecords
+    from threadline.privacy.sealed_records import SealedRecords
     from threadline.server.export import export_lines
     from threadline.server.threads import scoped_thread_key
 
@@ -97,8 +98,7 @@ def threads_export(
 
     async def main() -> tuple[Any, dict[str, Any]]:
         async with open_checkpointer(settings) as saver:
-            assert isinstance(saver, KeepsThreadRecords)
-            record = await saver.aget_thread_record(key)
+            record = await SealedRecords.of(saver).aget_thread_record(key)
             config: Any = {"configurable": {"thread_id": key}}
             state = await make_graph(saver, settings).aget_state(config)
             return record, state.values

@@ -28,6 +28,7 @@ from langgraph.types import Overwrite
 from threadline.audit import AuditLog
 from threadline.checkpointers.records import ARCHIVED, LIVE, KeepsThreadRecords, ThreadRecord
 from threadline.observability.metrics import RETENTION
+from threadline.privacy.sealed_records import SealedRecords
 from threadline.retention.archive import ArchivedThread, ArchiveError, ArchiveStore, object_name
 
 TtlStrategy = Literal["delete", "keep_latest", "archive"]
@@ -59,9 +60,8 @@ class ThreadKeeper:
 
     @property
     def records(self) -> KeepsThreadRecords:
-        saver = self.graph.checkpointer
-        assert isinstance(saver, KeepsThreadRecords), "threadline's savers keep thread records"
-        return saver
+        """The saver's thread records, their text opened (see `privacy.sealed_records`)."""
+        return SealedRecords.of(self.graph.checkpointer)
 
     @property
     def serde(self) -> Any:

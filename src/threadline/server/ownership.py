@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from threadline.checkpointers.records import KeepsThreadRecords, ThreadRecord, record_metadata
 from threadline.durations import format_duration
+from threadline.privacy.sealed_records import SealedRecords
 from threadline.server.threads import TENANT_CONFIG_KEY, USER_CONFIG_KEY, visible_thread_id
 
 TITLE_CHARS = 80
@@ -73,8 +74,8 @@ def title_of(messages: Sequence[Any]) -> str:
 
 
 def records_of(saver: BaseCheckpointSaver | Any) -> KeepsThreadRecords:
-    assert isinstance(saver, KeepsThreadRecords), "the server's savers keep thread records"
-    return saver
+    """The saver's thread records, their text opened (see `privacy.sealed_records`)."""
+    return SealedRecords.of(saver)
 
 
 def _identity(config: RunnableConfig) -> tuple[str, str, str | None]:

@@ -31,6 +31,7 @@ from langgraph.checkpoint.base import (
 from threadline.checkpointers.records import RECORD_METADATA
 from threadline.observability.metrics import backend_of, timed_op
 from threadline.privacy import Protector
+from threadline.privacy.sealed_records import RecordSealer
 
 
 class StagedSaver(BaseCheckpointSaver):
@@ -49,6 +50,7 @@ class StagedSaver(BaseCheckpointSaver):
         self._saver = saver
         self._on_no_checkpoint = on_no_checkpoint
         self._protector = protector
+        self._record_sealer = RecordSealer(saver.serde)
         self._backend = backend_of(saver)
         self._staged: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -131,10 +133,18 @@ class StagedSaver(BaseCheckpointSaver):
             staged = [self._protected(method, args, counts) for method, args in staged]
             if counts and last_put is not None:
                 staged[last_put] = ("aput", _with_detections(staged[last_put][1], counts))
+        if last_put is not None:  # protected first: the record is sealed as it will be read
+            staged[last_put] = ("aput", self._with_sealed_record(staged[last_put][1]))
         with timed_op(self._backend, "all", "put"):
             for method, args in staged:
                 await getattr(self._saver, method)(*args)
         return counts
+
+    def _with_sealed_record(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        config, checkpoint, metadata, versions = args
+        if isinstance(record := metadata.get(RECORD_METADATA), Mapping):
+            metadata = {**metadata, RECORD_METADATA: self._record_sealer.seal_fields(record)}
+        return config, checkpoint, metadata, versions
 
     def _protected(
         self, method: str, args: tuple[Any, ...], counts: Counter[str]
