@@ -18,11 +18,14 @@ from langchain_core.messages import HumanMessage
 from tests.fixtures.server import settings_for
 from threadline.assembly import open_keeper
 from threadline.checkpointers.serde import UnknownKeyError
+from threadline.privacy.names import ThreadNaming
 from threadline.server.turns import TurnRunner
 
 KEY_A = "a" * 32
 KEY_B = "b" * 32
-THREADS = [f"rot-{n}" for n in range(9)]  # more records than a --batch
+ID_KEY = "rotation-test-id-key"
+# The threads' storage keys as the server makes them (ids hashed); more than a --batch.
+THREADS = [ThreadNaming(ID_KEY.encode()).stored_key(f"rot-{n}") for n in range(9)]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -73,6 +76,7 @@ async def test_rotate_killed_resumed_then_old_key_dropped(
     backend: str, backend_stores: Any, tmp_path: Path
 ) -> None:
     common = {
+        "id_key": ID_KEY,  # a key ring needs a stable one
         "checkpointer": backend,
         "model": "fake",
         "archive_url": f"file://{tmp_path / 'archive'}",

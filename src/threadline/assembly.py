@@ -23,6 +23,7 @@ from threadline.graph.models import OfflineChatModel
 from threadline.graph.state import InputState, ThreadState
 from threadline.graph.tokens import make_token_counter
 from threadline.privacy import Detector, Protector
+from threadline.privacy.names import CLEAR, ThreadNaming, derived_id_key
 from threadline.settings import FAKE_MODEL, Settings
 
 if TYPE_CHECKING:
@@ -98,6 +99,16 @@ def protector(settings: Settings) -> Protector | None:
     key = hmac.new(secret.encode(), b"threadline pii", hashlib.sha256).digest() if secret else b""
     detector = Detector(settings.pii_entity_names, settings.pii_custom)
     return Protector(settings.pii_strategy, detector, key)
+
+
+def thread_naming(settings: Settings) -> ThreadNaming:
+    """Thread ids and tenants hashed in storage when encryption is on (see `privacy.names`)."""
+    if settings.aes_key is None and settings.aes_keys is None:
+        return CLEAR
+    if settings.id_key is not None:
+        return ThreadNaming(settings.id_key.get_secret_value().encode())
+    assert settings.aes_key is not None, "a key ring needs THREADLINE_ID_KEY (settings.check)"
+    return ThreadNaming(derived_id_key(settings.aes_key.get_secret_value()).encode())
 
 
 @asynccontextmanager

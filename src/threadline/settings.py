@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # key, else a random one kept beside the log).
     audit_log_path: Path = Path(".threadline/audit.jsonl")
     audit_key: SecretStr | None = None
+    # With encryption on, thread ids and tenants are stored as keyed hashes under this key
+    # (default: derived from a single THREADLINE_AES_KEY; required with THREADLINE_AES_KEYS,
+    # since it must not change when the AES key rotates).
+    id_key: SecretStr | None = None
     # How long a retried turn (same Idempotency-Key or message id) gets its first result.
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=1)
     max_message_chars: int = Field(default=32_000, ge=1)
@@ -219,6 +223,12 @@ class Settings(BaseSettings):
                 KeyRing(parse_keys(self.aes_keys.get_secret_value()))
             except ValueError as exc:
                 raise SettingsError(f"THREADLINE_AES_KEYS: {exc}") from None
+            if self.id_key is None:
+                raise SettingsError(
+                    "THREADLINE_AES_KEYS needs THREADLINE_ID_KEY: thread ids are stored as keyed "
+                    "hashes, which must not change with the AES key (`threadline keys id-key` "
+                    "prints the one a single THREADLINE_AES_KEY implies)"
+                )
         if self.ttl_strategy == "archive" and self.archive_url is None:
             raise SettingsError("THREADLINE_TTL_STRATEGY=archive needs THREADLINE_ARCHIVE_URL")
         if self.ttl_strategy == "keep_latest" and self.checkpointer == "redis":

@@ -58,7 +58,8 @@ DELETE_THREAD_SQL = (
 )
 
 
-def _record(row: Any) -> ThreadRecord:
+def record_of_row(row: Any) -> ThreadRecord:
+    """A thread record from a row of `RECORD_COLUMNS`."""
     values = dict(zip(RECORD_COLUMNS.split(", "), row, strict=True))
     return ThreadRecord(
         **{**values, "metadata": json.loads(values["metadata"]), "hold": bool(values["hold"])}
@@ -102,11 +103,11 @@ class SqliteSaver(AsyncSqliteSaver):
 
     async def aget_thread_record(self, thread_key: str) -> ThreadRecord | None:
         rows = await self._fetch(SELECT_RECORD_SQL, (thread_key,))
-        return _record(rows[0]) if rows else None
+        return record_of_row(rows[0]) if rows else None
 
     async def alist_thread_records(self, query: RecordQuery) -> list[ThreadRecord]:
         sql, params = listing_sql("?", query)
-        return [_record(row) for row in await self._fetch(sql, tuple(params))]
+        return [record_of_row(row) for row in await self._fetch(sql, tuple(params))]
 
     async def aupdate_thread_record(
         self,
@@ -121,13 +122,13 @@ class SqliteSaver(AsyncSqliteSaver):
             async with self.conn.execute(sql, params) as cur:
                 rows = list(await cur.fetchall())
             await self.conn.commit()
-        return _record(rows[0]) if rows else None
+        return record_of_row(rows[0]) if rows else None
 
     async def alist_expired_records(
         self, now: float, default_ttl: float | None, limit: int
     ) -> list[ThreadRecord]:
         rows = await self._fetch(EXPIRED_RECORDS_SQL, (default_ttl, now, limit))
-        return [_record(row) for row in rows]
+        return [record_of_row(row) for row in rows]
 
     async def adelete_checkpoints(self, thread_key: str, *, keep: str | None = None) -> None:
         await self.setup()

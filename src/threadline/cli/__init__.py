@@ -66,8 +66,11 @@ def serve(
 def chat(thread_id: Annotated[str, typer.Argument(help="The conversation to continue.")]) -> None:
     """Talk to the agent in the terminal; the thread continues across runs. Ctrl-D quits."""
     settings = load_settings()  # before importing the graph, which reads settings too
-    config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
-    from threadline.assembly import make_graph, protector
+    from threadline.assembly import make_graph, protector, thread_naming
+    from threadline.server.threads import THREAD_ID_CONFIG_KEY, scoped_thread_key
+
+    key = scoped_thread_key(None, checked_thread_id(thread_id), thread_naming(settings))
+    config: Any = {"configurable": {"thread_id": key, THREAD_ID_CONFIG_KEY: thread_id}}
     from threadline.checkpointers import open_checkpointer
 
     interactive = sys.stdin.isatty()

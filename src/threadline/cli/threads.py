@@ -25,9 +25,12 @@ def message_text(message: BaseMessage) -> str:
 def threads_show(thread_id: Annotated[str, typer.Argument(help="The thread to print.")]) -> None:
     """Print a thread's transcript, running summary and last budget telemetry."""
     settings = load_settings(model=False)
-    config: Any = {"configurable": {"thread_id": checked_thread_id(thread_id)}}
-    from threadline.assembly import make_graph
+    from threadline.assembly import make_graph, thread_naming
     from threadline.checkpointers import open_checkpointer
+    from threadline.server.threads import scoped_thread_key
+
+    key = scoped_thread_key(None, checked_thread_id(thread_id), thread_naming(settings))
+    config: Any = {"configurable": {"thread_id": key}}
 
     async def main() -> dict[str, Any]:
         async with open_checkpointer(settings) as saver:
@@ -57,13 +60,14 @@ def threads_list(
     settings = load_settings(model=False)
     from datetime import UTC, datetime
 
+    from threadline.assembly import thread_naming
     from threadline.checkpointers import open_checkpointer
     from threadline.checkpointers.records import RecordQuery, ThreadRecord
     from threadline.privacy.sealed_records import SealedRecords
 
     async def main() -> list[ThreadRecord]:
         async with open_checkpointer(settings) as saver:
-            query = RecordQuery(tenant or "", user, limit)
+            query = RecordQuery(thread_naming(settings).tenant_tag(tenant), user, limit)
             return await SealedRecords.of(saver).alist_thread_records(query)
 
     def when(seconds: float) -> str:
@@ -88,13 +92,13 @@ def threads_export(
     settings = load_settings(model=False)
     from dataclasses import asdict
 
-    from threadline.assembly import make_graph
+    from threadline.assembly import make_graph, thread_naming
     from threadline.checkpointers import open_checkpointer
     from threadline.privacy.sealed_records import SealedRecords
     from threadline.server.export import export_lines
     from threadline.server.threads import scoped_thread_key
 
-    key = scoped_thread_key(tenant, checked_thread_id(thread_id))
+    key = scoped_thread_key(tenant, checked_thread_id(thread_id), thread_naming(settings))
 
     async def main() -> tuple[Any, dict[str, Any]]:
         async with open_checkpointer(settings) as saver:
@@ -172,11 +176,12 @@ def threads_restore(
 ) -> None:
     """Bring an archived thread back whole from the archive; the next turn continues it."""
     settings = load_settings(model=False)
+    from threadline.assembly import thread_naming
     from threadline.locks import ThreadBusyError
     from threadline.retention import ArchiveError, NoArchiveError, NotArchivedError
     from threadline.server.threads import scoped_thread_key
 
-    key = scoped_thread_key(tenant, checked_thread_id(thread_id))
+    key = scoped_thread_key(tenant, checked_thread_id(thread_id), thread_naming(settings))
 
     from threadline.assembly import open_keeper
 

@@ -24,10 +24,12 @@ def users_erase(
     Threads on legal hold are kept and named."""
     settings = load_settings(model=False)
     checked_thread_id(user_id)  # the same alphabet
-    from threadline.assembly import open_keeper
+    from threadline.assembly import open_keeper, thread_naming
     from threadline.locks import ThreadBusyError
     from threadline.retention import NoArchiveError
     from threadline.server.erasure import erase_thread, user_threads
+
+    naming = thread_naming(settings)
 
     async def main() -> tuple[int, str, list[str]]:
         import uuid
@@ -36,7 +38,7 @@ def users_erase(
         held: list[str] = []
         async with open_keeper(settings) as (keeper, locks):
             try:
-                for record in await user_threads(keeper, tenant, user_id):
+                for record in await user_threads(keeper, tenant, user_id, naming):
                     async with locks.hold([record.thread_key], settings.turn_lock_timeout_seconds):
                         current = await keeper.records.aget_thread_record(record.thread_key)
                         if current is not None and current.hold:

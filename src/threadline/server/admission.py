@@ -19,6 +19,7 @@ from fastapi import HTTPException, Request
 from threadline.graph.context import InvalidOverrideError, MemoryPolicy
 from threadline.locks import LockBackendError, ThreadBusyError
 from threadline.observability.metrics import LOCK_WAIT, TURNS
+from threadline.privacy.names import CLEAR, ThreadNaming
 from threadline.server.auth import authenticate
 from threadline.server.held import HELD, HeldThreads
 from threadline.server.idempotency import (
@@ -31,6 +32,7 @@ from threadline.server.serving import ServingSlot
 from threadline.server.threads import (
     TENANT_CONFIG_KEY,
     THREAD_HEADER,
+    THREAD_ID_CONFIG_KEY,
     USER_CONFIG_KEY,
     USER_HEADER,
     one_of,
@@ -51,6 +53,7 @@ class Admission:
     policy: MemoryPolicy
     lock_timeout: float
     serving: ServingSlot
+    naming: ThreadNaming = CLEAR
 
     def held(self, keys: list[str]) -> Any:
         return self.serving.current.locks.hold(keys, self.lock_timeout)
@@ -165,7 +168,7 @@ async def admit_agent_turns(request: Request) -> AsyncIterator[None]:
     validate_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
     body = await json_body(request, admission.limits)
     threads = agent_threads(endpoint, body, request, admission)
-    keys = [scoped_thread_key(tenant, t) for t in threads]
+    keys = [scoped_thread_key(tenant, t, admission.naming) for t in threads]
     async with turn_held(admission, keys, streamed=endpoint in STREAM_ENDPOINTS):
         yield
 
@@ -191,10 +194,11 @@ def scoped_run_config(
     configurable = dict(config.get("configurable") or {})
     validated_overrides(configurable, admission.policy)
     tenant = getattr(request.state, "tenant", None)
-    configurable["thread_id"] = scoped_thread_key(tenant, thread_id)
+    configurable["thread_id"] = scoped_thread_key(tenant, thread_id, admission.naming)
+    configurable[THREAD_ID_CONFIG_KEY] = thread_id
     user = one_of("user_id", configurable.pop("user_id", None), request_user(request), USER_HEADER)
     configurable[USER_CONFIG_KEY] = validate_user_id(user) if user is not None else None
-    configurable[TENANT_CONFIG_KEY] = tenant or ""
+    configurable[TENANT_CONFIG_KEY] = admission.naming.tenant_tag(tenant)
     configurable.pop(IDEMPOTENCY_CONFIG_KEY, None)
     if key := request.headers.get(IDEMPOTENCY_HEADER):
         configurable[IDEMPOTENCY_CONFIG_KEY] = key

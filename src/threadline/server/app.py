@@ -17,13 +17,15 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from langserve import add_routes
 
-from threadline.assembly import make_graph, memory_policy, protector
+from threadline.assembly import make_graph, memory_policy, protector, thread_naming
 from threadline.audit import open_audit_log
 from threadline.checkpointers import open_checkpointer
 from threadline.locks import open_turn_locks
 from threadline.observability.metrics import exposition
 from threadline.observability.pools import observe_pools, observe_pools_every
 from threadline.observability.tracing import asgi_middleware, enable_tracing
+from threadline.privacy.id_migration import count_readable_threads
+from threadline.privacy.names import ThreadNaming
 from threadline.retention import Sweeper, ThreadKeeper, open_archive
 from threadline.server.admission import Admission, admit_agent_turns, agent_config
 from threadline.server.auth import ApiKeys, require_tenant, warn_if_open
@@ -46,7 +48,7 @@ from threadline.server.streams import EndFailedStreams
 from threadline.server.thread_routes import router as threads_router
 from threadline.server.turns import ServedAgent, TurnRunner
 from threadline.server.user_routes import router as users_router
-from threadline.settings import Settings
+from threadline.settings import Settings, SettingsError
 
 AGENT_PATH = "/agent"
 READY_PROBE_THREAD = "threadline-readyz"
@@ -73,6 +75,20 @@ async def sweep_periodically(sweeper: Sweeper, settings: Settings) -> None:
             log.info("retention sweep: %s", report.summary())
 
 
+log = logging.getLogger("threadline.server")
+
+
+async def refuse_readable_ids(saver: Any, naming: ThreadNaming) -> None:
+    """With ids hashed, threads still stored under readable ids would seem gone: refuse."""
+    if naming.hashed and (count := await count_readable_threads(saver)):
+        message = (
+            f"{count} threads are stored under readable ids, which encryption now hashes; "
+            "run `threadline keys rotate` to move them, then start again"
+        )
+        log.error(message)
+        raise SettingsError(message)
+
+
 def create_app(settings: Settings | None = None, *, tracer_provider: Any = None) -> FastAPI:
     """The HTTP app. Saver and locks live exactly as long as the app's lifespan.
 
@@ -88,6 +104,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any = None)
         policy=memory_policy(settings),
         lock_timeout=settings.turn_lock_timeout_seconds,
         serving=serving,
+        naming=thread_naming(settings),
     )
     audit = open_audit_log(settings)
 
@@ -98,6 +115,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any = None)
             locks = await stack.enter_async_context(open_turn_locks(settings))
             async with locks.setup_guard():
                 saver = await stack.enter_async_context(open_checkpointer(settings))
+            await refuse_readable_ids(saver, admission.naming)
             stored_graph = graph.copy({"checkpointer": saver})
             keeper = ThreadKeeper(stored_graph, open_archive(settings.archive_url), audit)
             runner = TurnRunner(
@@ -107,6 +125,7 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any = None)
                 restore_on_turn=settings.restore_on_turn,
                 protector=protector(settings),
                 model_sees_protected=settings.pii_model_sees == "redacted",
+                naming=admission.naming,
             )
             if runner.protector is not None:  # load the recognizers now, not in the first turn
                 await asyncio.to_thread(runner.protector.detector.find, "")

@@ -117,7 +117,7 @@ async def admit_chat_turn(request: Request) -> AsyncIterator[None]:
     messages = input.get("messages") if isinstance(input, dict) else None
     if not isinstance(messages, list) or not messages or not _is_human(messages[-1]):
         raise HTTPException(422, "input.messages must end with the new human message")
-    keys = [scoped_thread_key(tenant, chat_thread(request))]
+    keys = [scoped_thread_key(tenant, chat_thread(request), admission.naming)]
     async with turn_held(admission, keys, streamed=endpoint in STREAM_ENDPOINTS):
         yield
 
@@ -202,7 +202,8 @@ def playground_router(runner: Callable[[], TurnRunner]) -> APIRouter:
         """The visitor's conversation (the thread under their cookie), oldest first."""
         tenant = authenticate(request, browser=True)
         thread = chat_thread(request)
-        config: RunnableConfig = {"configurable": {"thread_id": scoped_thread_key(tenant, thread)}}
+        key = scoped_thread_key(tenant, thread, runner().naming)
+        config: RunnableConfig = {"configurable": {"thread_id": key}}
         state = await runner().graph.aget_state(config)
         shown = [
             ChatMessageOut(type=m.type, content=m.text)

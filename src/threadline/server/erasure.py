@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from threadline.checkpointers.records import ARCHIVED, RecordQuery, ThreadRecord
 from threadline.observability.metrics import RETENTION
+from threadline.privacy.names import ThreadNaming
 from threadline.retention import NoArchiveError, ThreadKeeper
 from threadline.retention.archive import object_name
 from threadline.server.admission import Admission, hold_threads
@@ -97,15 +98,16 @@ async def refuse_held(keeper: ThreadKeeper, thread_key: str) -> None:
 
 
 async def user_threads(
-    keeper: ThreadKeeper, tenant: str | None, user_id: str
+    keeper: ThreadKeeper, tenant: str | None, user_id: str, naming: ThreadNaming
 ) -> list[ThreadRecord]:
     """Every thread the user owns in the tenant."""
     records = records_of(keeper.graph.checkpointer)
     found: list[ThreadRecord] = []
-    query = RecordQuery(tenant or "", user_id, PAGE)
+    tag = naming.tenant_tag(tenant)
+    query = RecordQuery(tag, user_id, PAGE)
     while page := await records.alist_thread_records(query):
         found += page
         if len(page) < PAGE:
             break
-        query = RecordQuery(tenant or "", user_id, PAGE, page[-1].position)
+        query = RecordQuery(tag, user_id, PAGE, page[-1].position)
     return found

@@ -21,7 +21,12 @@ from pydantic import BaseModel
 from threadline.checkpointers.records import KeepsThreadRecords, ThreadRecord, record_metadata
 from threadline.durations import format_duration
 from threadline.privacy.sealed_records import SealedRecords
-from threadline.server.threads import TENANT_CONFIG_KEY, USER_CONFIG_KEY, visible_thread_id
+from threadline.server.threads import (
+    TENANT_CONFIG_KEY,
+    THREAD_ID_CONFIG_KEY,
+    USER_CONFIG_KEY,
+    visible_thread_id,
+)
 
 TITLE_CHARS = 80
 
@@ -78,10 +83,13 @@ def records_of(saver: BaseCheckpointSaver | Any) -> KeepsThreadRecords:
     return SealedRecords.of(saver)
 
 
-def _identity(config: RunnableConfig) -> tuple[str, str, str | None]:
+def _identity(config: RunnableConfig) -> tuple[str, str, str, str | None]:
+    """(stored thread key, thread id as the client knows it, tenant as stored, user)."""
     configurable: Mapping[str, Any] = config.get("configurable") or {}
+    thread_key = str(configurable["thread_id"])
     return (
-        str(configurable["thread_id"]),
+        thread_key,
+        str(configurable.get(THREAD_ID_CONFIG_KEY) or visible_thread_id(thread_key)),
         str(configurable.get(TENANT_CONFIG_KEY) or ""),
         configurable.get(USER_CONFIG_KEY),
     )
@@ -94,21 +102,21 @@ def check_owner(record: ThreadRecord | None, user_id: str | None, thread_id: str
 
 
 async def check_turn_owner(saver: BaseCheckpointSaver | Any, config: RunnableConfig) -> None:
-    thread_key, _, user_id = _identity(config)
+    thread_key, thread_id, _, user_id = _identity(config)
     if user_id is not None:
         record = await records_of(saver).aget_thread_record(thread_key)
-        check_owner(record, user_id, visible_thread_id(thread_key))
+        check_owner(record, user_id, thread_id)
 
 
 def turn_record(config: RunnableConfig, state: Mapping[str, Any]) -> dict[str, Any]:
     """The metadata that makes the turn's checkpoint upsert its thread's record."""
-    thread_key, tenant, user_id = _identity(config)
+    thread_key, thread_id, tenant, user_id = _identity(config)
     messages = list(state.get("messages") or [])
     now = time.time()
     record = ThreadRecord(
         thread_key=thread_key,
         tenant=tenant,
-        thread_id=visible_thread_id(thread_key),
+        thread_id=thread_id,
         user_id=user_id,
         title=title_of(messages),
         created_at=now,

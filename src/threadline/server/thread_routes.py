@@ -187,8 +187,12 @@ def _not_found(thread_id: str) -> HTTPException:
     return HTTPException(404, f"no thread {thread_id!r}")
 
 
-def _config(tenant: str | None, thread_id: str) -> RunnableConfig:
-    return {"configurable": {"thread_id": scoped_thread_key(tenant, thread_id)}}
+def _key(runner: TurnRunner, tenant: str | None, thread_id: str) -> str:
+    return scoped_thread_key(tenant, thread_id, runner.naming)
+
+
+def _config(runner: TurnRunner, tenant: str | None, thread_id: str) -> RunnableConfig:
+    return {"configurable": {"thread_id": _key(runner, tenant, thread_id)}}
 
 
 async def _owned_record(
@@ -196,7 +200,7 @@ async def _owned_record(
 ) -> ThreadRecord | None:
     """The thread's record; 404 if the request names a user other than its owner."""
     record = await records_of(runner.graph.checkpointer).aget_thread_record(
-        scoped_thread_key(tenant, thread_id)
+        _key(runner, tenant, thread_id)
     )
     check_owner(record, user, thread_id)
     return record
@@ -216,7 +220,7 @@ async def _owned_thread(
     record = await _owned_record(runner, tenant, user, thread_id)
     if record is not None and record.status == ARCHIVED:
         raise _archived(thread_id)
-    snapshot = await runner.graph.aget_state(_config(tenant, thread_id))
+    snapshot = await runner.graph.aget_state(_config(runner, tenant, thread_id))
     if snapshot.created_at is None:
         raise _not_found(thread_id)
     return record, snapshot
@@ -239,8 +243,9 @@ async def list_threads(
     named = one_of("user_id", user_id, user, USER_HEADER)
     owner = validate_user_id(named) if named is not None else None
     after = _decode_cursor(cursor) if cursor is not None else None
-    query = RecordQuery(tenant or "", owner, limit + 1, after)
-    records = await records_of(_runner(request).graph.checkpointer).alist_thread_records(query)
+    runner = _runner(request)
+    query = RecordQuery(runner.naming.tenant_tag(tenant), owner, limit + 1, after)
+    records = await records_of(runner.graph.checkpointer).alist_thread_records(query)
     next_cursor = _encode_cursor(records[limit - 1].position) if len(records) > limit else None
     return ThreadListOut(
         threads=[RecordOut.of(r) for r in records[:limit]], next_cursor=next_cursor
@@ -285,7 +290,7 @@ async def patch_thread(
             )
         changes.update({name: protected[name] for name in ("title", "metadata") if name in changes})
     updated = await records_of(runner.graph.checkpointer).aupdate_thread_record(
-        scoped_thread_key(tenant, thread_id), changes
+        _key(runner, tenant, thread_id), changes
     )
     if updated is None:  # deleted meanwhile
         raise _not_found(thread_id)
@@ -351,7 +356,7 @@ async def get_history(
     if record is not None and record.status == ARCHIVED:
         raise _archived(thread_id)
     saver = _saver(runner)
-    config = _config(tenant, thread_id)
+    config = _config(runner, tenant, thread_id)
     cursor: RunnableConfig | None = (
         {"configurable": {"checkpoint_id": before}} if before is not None else None
     )
@@ -413,7 +418,7 @@ async def restore_thread(
     """Bring an archived thread back whole from the archive; the next turn continues it and
     its idle time starts again. 409 if it is not archived."""
     runner = _runner(request)
-    key = scoped_thread_key(tenant, thread_id)
+    key = _key(runner, tenant, thread_id)
     admission: Admission = request.app.state.admission
     async with AsyncExitStack() as stack:
         await hold_threads(stack, admission, [key])
@@ -436,11 +441,14 @@ async def delete_thread(
     """Erase the thread (record, receipts and archive included) from every tier; a turn in
     flight or a legal hold makes this a 409. The receipt's id is in the audit log."""
     runner = _runner(request)
-    key = scoped_thread_key(tenant, thread_id)
+    key = _key(runner, tenant, thread_id)
 
     async def exists_owned_and_not_held(key: str) -> None:  # under the thread's lock
         record = await _owned_record(runner, tenant, user, thread_id)
-        if record is None and await _saver(runner).aget_tuple(_config(tenant, thread_id)) is None:
+        if (
+            record is None
+            and await _saver(runner).aget_tuple(_config(runner, tenant, thread_id)) is None
+        ):
             raise _not_found(thread_id)
         await refuse_held(keeper, key)
 

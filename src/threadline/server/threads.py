@@ -12,10 +12,13 @@ from typing import Any
 
 from fastapi import HTTPException, Path
 
+from threadline.privacy.names import CLEAR, ThreadNaming
+
 THREAD_HEADER = "X-Thread-Id"
 USER_HEADER = "X-User-Id"
 # Run-config keys the server sets (LangGraph keeps "__"-prefixed keys out of checkpoint metadata).
-TENANT_CONFIG_KEY = "__threadline_tenant"
+TENANT_CONFIG_KEY = "__threadline_tenant"  # as records store it (see `ThreadNaming`)
+THREAD_ID_CONFIG_KEY = "__threadline_thread_id"  # what the client calls the thread
 USER_CONFIG_KEY = "__threadline_user_id"
 THREAD_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 TENANT_PATTERN = THREAD_ID_PATTERN
@@ -47,10 +50,12 @@ def one_of(name: str, from_config: object, from_header: str | None, header: str)
     return from_config if from_config is not None else from_header
 
 
-def scoped_thread_key(tenant: str | None, thread_id: str) -> str:
-    """The checkpointer's thread_id for a tenant's thread (the bare id in single-tenant mode)."""
+def scoped_thread_key(tenant: str | None, thread_id: str, naming: ThreadNaming = CLEAR) -> str:
+    """The checkpointer's thread_id for a tenant's thread (the bare id in single-tenant mode),
+    as `naming` stores it (a keyed hash with encryption on)."""
     thread_id = validate_thread_id(thread_id)
-    return thread_id if tenant is None else f"{tenant}{TENANT_SEPARATOR}{thread_id}"
+    scoped = thread_id if tenant is None else f"{tenant}{TENANT_SEPARATOR}{thread_id}"
+    return naming.stored_key(scoped)
 
 
 def visible_thread_id(thread_key: str) -> str:

@@ -32,6 +32,7 @@ from threadline.observability.metrics import TURN_DURATION, TURNS, observe_telem
 from threadline.observability.model_timer import ModelTimer
 from threadline.observability.tracing import GraphSpans, span
 from threadline.privacy import Protector
+from threadline.privacy.names import CLEAR, ThreadNaming
 from threadline.retention import ThreadKeeper
 from threadline.rules import MIN_CONTEXT_TOKENS, Strategy
 from threadline.server.held import release_turn, running_turn
@@ -156,8 +157,10 @@ class TurnRunner:
         restore_on_turn: bool = False,
         protector: Protector | None = None,
         model_sees_protected: bool = False,
+        naming: ThreadNaming = CLEAR,
     ) -> None:
         self.graph = graph
+        self.naming = naming  # how thread ids and tenants are stored
         self.receipt_lifetime_seconds = receipt_lifetime_seconds
         self.keeper = keeper
         self.restore_on_turn = restore_on_turn

@@ -24,7 +24,7 @@ async def erase_user(user_id: UserId, tenant: Tenant, request: Request) -> Erasu
     A thread in the middle of a turn makes this a 409 after the others are gone: retry."""
     slot: ServingSlot = request.app.state.serving
     keeper = slot.current.keeper
-    threads = await user_threads(keeper, tenant, user_id)
+    threads = await user_threads(keeper, tenant, user_id, request.app.state.admission.naming)
     return await erase_threads(
         keeper,
         request.app.state.admission,
