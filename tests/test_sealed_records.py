@@ -24,8 +24,8 @@ from tests.test_erasure import turn
 from tests.test_pii import found_in_stores
 from threadline.assembly import open_keeper
 from threadline.checkpointers.records import ThreadRecord
+from threadline.checkpointers.sealed_records import RecordSealer
 from threadline.checkpointers.serde import make_serializer
-from threadline.privacy.sealed_records import RecordSealer
 from threadline.server.turns import TurnRunner
 from threadline.settings import SettingsError
 

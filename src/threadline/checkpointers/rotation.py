@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 
 from threadline.checkpointers.durable import SEALED_VALUES
 from threadline.checkpointers.records import ThreadRecord
+from threadline.checkpointers.sealed_records import RecordSealer
 from threadline.checkpointers.serde import KeyRing, ValueSealer
 
 Progress = Callable[[str, int], None]  # (what, rows just rotated)
@@ -50,8 +51,8 @@ WHERE thread_id = %(thread_id)s AND checkpoint_ns = %(checkpoint_ns)s
 """
 
 
-# Thread records whose sealed text (see `privacy.sealed_records`: `$enc:<type>:<base64>`, or
-# `{"$enc": [type, base64]}` metadata) names another cipher. `{p}` is the store's placeholder.
+# Thread records whose sealed text (see `sealed_records`: `$enc:<type>:<base64>`, or
+# `{"$enc": [type, base64]}` metadata) names another cipher.
 POSTGRES_STALE_RECORDS = """
     (left(thread_id, 5) = '$enc:'
         AND split_part(split_part(thread_id, ':', 2), '+', 2) <> %(current)s)
@@ -167,8 +168,6 @@ async def _rotate_records(saver: Any, batch: int, progress: Progress) -> int:
     """Re-seal thread records' sealed text under the current key. Each record is updated only
     if it is still as read, so a rename meanwhile is never overwritten (it is sealed under the
     current key already)."""
-    from threadline.privacy.sealed_records import RecordSealer
-
     sealer = RecordSealer(saver.serde)
     current = saver.serde.cipher.current_name
     postgres = hasattr(saver, "cursor")

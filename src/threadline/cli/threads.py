@@ -63,7 +63,7 @@ def threads_list(
     from threadline.assembly import thread_naming
     from threadline.checkpointers import open_checkpointer
     from threadline.checkpointers.records import RecordQuery, ThreadRecord
-    from threadline.privacy.sealed_records import SealedRecords
+    from threadline.checkpointers.sealed_records import SealedRecords
 
     async def main() -> list[ThreadRecord]:
         async with open_checkpointer(settings) as saver:
@@ -94,7 +94,7 @@ def threads_export(
 
     from threadline.assembly import make_graph, thread_naming
     from threadline.checkpointers import open_checkpointer
-    from threadline.privacy.sealed_records import SealedRecords
+    from threadline.checkpointers.sealed_records import SealedRecords
     from threadline.server.export import export_lines
     from threadline.server.threads import scoped_thread_key
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from threadline.checkpointers.records import RECORD_COLUMNS, RECORD_METADATA, ThreadRecord
+from threadline.checkpointers.sealed_records import RecordSealer
 from threadline.privacy.names import HASHED_PREFIX, ThreadNaming
-from threadline.privacy.sealed_records import RecordSealer
 
 Progress = Callable[[int], None]  # threads just moved
 READABLE_KEY = f"substr(thread_key, 1, {len(HASHED_PREFIX)}) <> '{HASHED_PREFIX}'"

@@ -1,9 +1,10 @@
 """Thread names in storage: with encryption on, a thread's storage key and its tenant are keyed
 hashes, so no Postgres column, SQLite row or Redis key name holds a tenant name or thread id.
 
-The readable id is kept sealed in the thread's record (see `sealed_records`), which is how
-listings show it. The hash key must outlive key rotation: it is `THREADLINE_ID_KEY`, or one
-derived from a single `THREADLINE_AES_KEY` (a key ring needs the ID key set explicitly).
+The readable id is kept sealed in the thread's record (see `checkpointers.sealed_records`),
+which is how listings show it. The hash key must outlive key rotation: it is
+`THREADLINE_ID_KEY`, or one derived from a single `THREADLINE_AES_KEY` (a key ring needs the ID
+key set explicitly).
 """
 
 from __future__ import annotations

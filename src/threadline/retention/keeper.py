@@ -27,8 +27,8 @@ from langgraph.types import Overwrite
 
 from threadline.audit import AuditLog
 from threadline.checkpointers.records import ARCHIVED, LIVE, KeepsThreadRecords, ThreadRecord
+from threadline.checkpointers.sealed_records import SealedRecords
 from threadline.observability.metrics import RETENTION
-from threadline.privacy.sealed_records import SealedRecords
 from threadline.retention.archive import ArchivedThread, ArchiveError, ArchiveStore, object_name
 
 TtlStrategy = Literal["delete", "keep_latest", "archive"]
@@ -60,7 +60,7 @@ class ThreadKeeper:
 
     @property
     def records(self) -> KeepsThreadRecords:
-        """The saver's thread records, their text opened (see `privacy.sealed_records`)."""
+        """The saver's thread records, their text opened (see `checkpointers.sealed_records`)."""
         return SealedRecords.of(self.graph.checkpointer)
 
     @property

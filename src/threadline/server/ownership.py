@@ -19,8 +19,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from pydantic import BaseModel
 
 from threadline.checkpointers.records import KeepsThreadRecords, ThreadRecord, record_metadata
+from threadline.checkpointers.sealed_records import SealedRecords
 from threadline.durations import format_duration
-from threadline.privacy.sealed_records import SealedRecords
 from threadline.server.threads import (
     TENANT_CONFIG_KEY,
     THREAD_ID_CONFIG_KEY,
@@ -79,7 +79,7 @@ def title_of(messages: Sequence[Any]) -> str:
 
 
 def records_of(saver: BaseCheckpointSaver | Any) -> KeepsThreadRecords:
-    """The saver's thread records, their text opened (see `privacy.sealed_records`)."""
+    """The saver's thread records, their text opened (see `checkpointers.sealed_records`)."""
     return SealedRecords.of(saver)
 
 

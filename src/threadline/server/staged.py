@@ -29,9 +29,9 @@ from langgraph.checkpoint.base import (
 )
 
 from threadline.checkpointers.records import RECORD_METADATA
+from threadline.checkpointers.sealed_records import RecordSealer
 from threadline.observability.metrics import backend_of, timed_op
 from threadline.privacy import Protector
-from threadline.privacy.sealed_records import RecordSealer
 
 
 class StagedSaver(BaseCheckpointSaver):
