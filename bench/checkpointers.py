@@ -2,8 +2,11 @@
 
     .venv/bin/python -m bench.checkpointers            # full matrix (a few minutes)
     .venv/bin/python -m bench.checkpointers --quick    # fewer samples
+    .venv/bin/python -m bench.checkpointers --durability exit   # turns as the server runs them
 
-Graph: one node appending one ~200-character message per turn, no LLM. A thread is prefilled
+Graph: one node appending one ~200-character message per turn, no LLM; LangGraph's default
+durability (`async`: three saver calls per turn) unless `--durability exit` (one checkpoint per
+turn, as `threadline serve` runs turns). A thread is prefilled
 to H messages with one state update, then timed: `ainvoke` per turn and `aget_state` of the
 (active) thread, medians in ms. Throughput: 32 threads taking turns concurrently, every
 Postgres saver on a pool of the same size. Ratios are printed against the stock savers of the
@@ -36,6 +39,7 @@ PAYLOAD = ("threadline bench message " * 9)[:200]
 LENGTHS = (10, 100, 1000)
 POOL_SIZE = 10
 CONCURRENT_THREADS = 32
+DURABILITY: dict[str, Any] = {}  # ainvoke's durability, when --durability is given
 
 SaverFactory = Callable[[BenchServices], AbstractAsyncContextManager[BaseCheckpointSaver]]
 
@@ -124,9 +128,9 @@ async def measure(graphs: dict[str, Any], samples: int, rounds: int) -> dict[str
         configs = {name: await prefilled_thread(g, length) for name, g in graphs.items()}
         for name, g in graphs.items():
             for _ in range(2):
-                await g.ainvoke({"messages": []}, configs[name])
+                await g.ainvoke({"messages": []}, configs[name], **DURABILITY)
         for label, call in (
-            ("turn", lambda g, c: g.ainvoke({"messages": []}, c)),
+            ("turn", lambda g, c: g.ainvoke({"messages": []}, c, **DURABILITY)),
             ("get_state", lambda g, c: g.aget_state(c)),
         ):
             times: dict[str, list[float]] = {name: [] for name in graphs}
@@ -157,9 +161,9 @@ async def throughput(graph: Any, turns_per_thread: int) -> float:
 
     async def converse(config: dict[str, Any]) -> None:
         for _ in range(turns_per_thread):
-            await graph.ainvoke({"messages": []}, config)
+            await graph.ainvoke({"messages": []}, config, **DURABILITY)
 
-    await asyncio.gather(*(graph.ainvoke({"messages": []}, c) for c in configs))
+    await asyncio.gather(*(graph.ainvoke({"messages": []}, c, **DURABILITY) for c in configs))
     start = time.perf_counter()
     await asyncio.gather(*(converse(c) for c in configs))
     return CONCURRENT_THREADS * turns_per_thread / (time.perf_counter() - start)
@@ -245,10 +249,10 @@ async def round_trips(
                 graph = build(saver)
                 config = await prefilled_thread(graph, 10)
                 for _ in range(3):
-                    await graph.ainvoke({"messages": []}, config)
+                    await graph.ainvoke({"messages": []}, config, **DURABILITY)
                 per_call = []
                 for call in (
-                    lambda g, c: g.ainvoke({"messages": []}, c),
+                    lambda g, c: g.ainvoke({"messages": []}, c, **DURABILITY),
                     lambda g, c: g.aget_state(c),
                 ):
                     before = {k: v.value for k, v in counts.items()}
@@ -264,7 +268,8 @@ async def round_trips(
 async def run(samples: int, rounds: int, only: list[str], rtt_ms: float) -> None:
     chosen = {n: f for n, f in SAVERS.items() if not only or n in only}
     where = f"behind a {rtt_ms:g} ms round-trip proxy" if rtt_ms > 0 else "on loopback"
-    print(f"Postgres, Redis Stack and plain Redis {where}; pool size {POOL_SIZE}")
+    durability = DURABILITY.get("durability", "async (LangGraph's default)")
+    print(f"Postgres, Redis Stack and plain Redis {where}; pool size {POOL_SIZE}; {durability}")
     with bench_services(rtt_ms) as services:
         async with AsyncExitStack() as stack:
             graphs = {
@@ -290,7 +295,14 @@ def main() -> None:
         default=0.0,
         help="round-trip time added to every service connection (services on other hosts)",
     )
+    parser.add_argument(
+        "--durability",
+        choices=["async", "exit"],
+        help="LangGraph's durability per turn (default: LangGraph's own, async)",
+    )
     args = parser.parse_args()
+    if args.durability:
+        DURABILITY["durability"] = args.durability
     asyncio.run(run(10 if args.quick else args.samples, args.rounds, args.only, args.rtt_ms))
 
 
