@@ -1,7 +1,8 @@
 """Several replicas for real: three `threadline serve` processes with two workers each, on the
-tiered backend, behind no balancer — every request goes to a server picked at random. Fifty
-threads take twenty turns each, so every thread's turns are spread over all six workers, and
-each acknowledged turn is read back right away from another random server.
+tiered backend, behind no balancer. Fifty threads take twenty turns each, every thread going
+round the servers in its own random order (so its turns are spread over all of them, and over
+both workers of each), and each acknowledged turn is read back right away from a server picked
+at random.
 
 Every acknowledged turn must be stored exactly once and in order, and no read may be stale (show
 fewer turns than were acknowledged before it was sent).
@@ -43,9 +44,10 @@ async def test_three_replicas_two_workers_each_never_lose_or_show_stale(
     async def thread(client: httpx.AsyncClient, n: int) -> list[str]:
         thread_id = f"replica-{run}-{n:02d}"
         acknowledged: list[str] = []
+        order = random.Random(n).sample(urls, SERVERS)  # each server in turn, in a random order
         for t in range(TURNS):
             text = f"{n:02d}-{t:02d}"
-            url = rng.choice(urls)
+            url = order[t % SERVERS]
             served_by.setdefault(thread_id, set()).add(url)
             response = await client.post(f"{url}/agent/invoke", json=turn(text, thread_id))
             assert response.status_code == 200, response.text
