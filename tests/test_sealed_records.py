@@ -9,7 +9,6 @@ has moved its threads; then they read under their old ids.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -21,6 +20,7 @@ from langchain_core.messages import HumanMessage
 
 from tests.fixtures.server import asgi_client, settings_for
 from tests.test_erasure import turn
+from tests.test_key_rotation import env_of
 from tests.test_pii import found_in_stores
 from threadline.assembly import open_keeper
 from threadline.checkpointers.records import ThreadRecord
@@ -93,11 +93,9 @@ async def test_a_store_with_readable_ids_is_refused_until_rotation_moves_them(
     with pytest.raises(SettingsError, match="3 threads are stored under readable ids"):
         async with asgi_client(settings):
             pass
-    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADLINE_")}
-    env.update({f"THREADLINE_{k.upper()}": str(v) for k, v in common.items()})
     rotated = subprocess.run(
         [str(Path(sys.executable).parent / "threadline"), "keys", "rotate", "--batch", "2"],
-        env=env,
+        env=env_of(common),
         capture_output=True,
         text=True,
         timeout=120,

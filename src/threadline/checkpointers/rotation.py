@@ -133,7 +133,7 @@ async def rotate_postgres(saver: Any, ring: KeyRing, batch: int, progress: Progr
         progress("checkpoints", len(rows))
         if len(rows) < batch:
             break
-    return rotated + await _rotate_records(saver, batch, progress)
+    return rotated + await _rotate_records(saver, "postgres", batch, progress)
 
 
 async def rotate_sqlite(saver: Any, ring: KeyRing, batch: int, progress: Progress) -> int:
@@ -161,16 +161,16 @@ async def rotate_sqlite(saver: Any, ring: KeyRing, batch: int, progress: Progres
             progress(table, len(rows))
             if len(rows) < batch:
                 break
-    return rotated + await _rotate_records(saver, batch, progress)
+    return rotated + await _rotate_records(saver, "sqlite", batch, progress)
 
 
-async def _rotate_records(saver: Any, batch: int, progress: Progress) -> int:
+async def _rotate_records(saver: Any, dialect: str, batch: int, progress: Progress) -> int:
     """Re-seal thread records' sealed text under the current key. Each record is updated only
     if it is still as read, so a rename meanwhile is never overwritten (it is sealed under the
     current key already)."""
     sealer = RecordSealer(saver.serde)
     current = saver.serde.cipher.current_name
-    postgres = hasattr(saver, "cursor")
+    postgres = dialect == "postgres"
     where = POSTGRES_STALE_RECORDS if postgres else SQLITE_STALE_RECORDS
     placeholder = "%s" if postgres else "?"
     select = (
@@ -214,31 +214,68 @@ def _resealed(sealer: Any, row: tuple[Any, ...], encode: Callable[[Any], Any]) -
             as_read)  # fmt: skip
 
 
-async def stale_rows(saver: Any, ring: KeyRing) -> int:
-    """How many rows a rotation still has to rewrite (for a progress bar)."""
+def sql_store(saver: Any) -> tuple[Any, str] | None:
+    """The saver holding a deployment's SQL tables and its dialect ("postgres" for the durable
+    saver, alone or as tiered's durable tier; "sqlite"), or None (memory: nothing persists)."""
     from threadline.checkpointers.durable import DurablePostgresSaver
     from threadline.checkpointers.sqlite import SqliteSaver
 
     durable = getattr(saver, "durable", saver)
-    total = 0
     if isinstance(durable, DurablePostgresSaver):
-        async with durable.cursor() as cur:
+        return durable, "postgres"
+    if isinstance(saver, SqliteSaver):
+        return saver, "sqlite"
+    return None
+
+
+async def rotate(saver: Any, ring: KeyRing, batch: int, progress: Progress) -> int:
+    """Rotate whatever the saver's store holds (see `rotate_postgres`, `rotate_sqlite`)."""
+    match sql_store(saver):
+        case (store, "postgres"):
+            return await rotate_postgres(store, ring, batch, progress)
+        case (store, "sqlite"):
+            return await rotate_sqlite(store, ring, batch, progress)
+    return 0
+
+
+async def stale_rows(saver: Any, ring: KeyRing) -> int:
+    """How many rows a rotation still has to rewrite (for a progress bar)."""
+    found = sql_store(saver)
+    if found is None:
+        return 0
+    store, dialect = found
+    current = ring.current_name
+    total = 0
+    if dialect == "postgres":
+        async with store.cursor() as cur:
             for table in POSTGRES_TYPED_TABLES:
                 await cur.execute(
                     f"SELECT count(*) AS n FROM {table} "
                     "WHERE type LIKE '%%+%%' AND split_part(type, '+', 2) <> %s",
-                    (ring.current_name,),
+                    (current,),
                 )
-                found = await cur.fetchone()
-                total += found["n"] if found else 0
-    elif isinstance(saver, SqliteSaver):
-        await saver.setup()
-        for table in SQLITE_TYPED_TABLES:
-            async with saver.conn.execute(
-                f"SELECT count(*) FROM {table} WHERE type LIKE '%+%' "
-                "AND substr(type, instr(type, '+') + 1) <> ?",
-                (ring.current_name,),
-            ) as cur:
-                row = await cur.fetchone()
-                total += row[0] if row else 0
+                found_rows = await cur.fetchone()
+                total += found_rows["n"] if found_rows else 0
+            await cur.execute(
+                f"SELECT count(*) AS n FROM threadline_threads WHERE {POSTGRES_STALE_RECORDS}",
+                {"current": current},
+            )
+            found_rows = await cur.fetchone()
+            total += found_rows["n"] if found_rows else 0
+        return total
+    await store.setup()
+    for table in SQLITE_TYPED_TABLES:
+        async with store.conn.execute(
+            f"SELECT count(*) FROM {table} WHERE type LIKE '%+%' "
+            "AND substr(type, instr(type, '+') + 1) <> ?",
+            (current,),
+        ) as cur:
+            row = await cur.fetchone()
+            total += row[0] if row else 0
+    async with store.conn.execute(
+        f"SELECT count(*) FROM threadline_threads WHERE {SQLITE_STALE_RECORDS}",
+        {"current": current},
+    ) as cur:
+        row = await cur.fetchone()
+        total += row[0] if row else 0
     return total

@@ -41,11 +41,9 @@ def keys_rotate(
 
     from threadline.assembly import thread_naming
     from threadline.checkpointers import open_checkpointer
-    from threadline.checkpointers.durable import DurablePostgresSaver
     from threadline.checkpointers.records import ARCHIVED
-    from threadline.checkpointers.rotation import rotate_postgres, rotate_sqlite, stale_rows
+    from threadline.checkpointers.rotation import rotate, stale_rows
     from threadline.checkpointers.serde import UnknownKeyError
-    from threadline.checkpointers.sqlite import SqliteSaver
     from threadline.checkpointers.tiered import TieredSaver
     from threadline.privacy.id_migration import count_readable_threads, move_to_hashed_ids
     from threadline.retention.archive import object_name, open_archive, reseal_all
@@ -55,19 +53,13 @@ def keys_rotate(
     async def main() -> str:
         async with open_checkpointer(settings) as saver:
             ring = saver.serde.cipher  # type: ignore[attr-defined]
-            durable = getattr(saver, "durable", saver)
             with Progress(console=err, transient=True) as progress:
                 task = progress.add_task("re-encrypting", total=await stale_rows(saver, ring))
 
                 def advance(what: str, rows: int) -> None:
                     progress.advance(task, rows)
 
-                if isinstance(durable, DurablePostgresSaver):
-                    rows = await rotate_postgres(durable, ring, batch, advance)
-                elif isinstance(saver, SqliteSaver):
-                    rows = await rotate_sqlite(saver, ring, batch, advance)
-                else:
-                    rows = 0  # memory: nothing outlives the process
+                rows = await rotate(saver, ring, batch, advance)
                 moving = progress.add_task(
                     "moving threads to hashed ids", total=await count_readable_threads(saver)
                 )

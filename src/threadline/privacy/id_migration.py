@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from threadline.checkpointers.records import RECORD_COLUMNS, RECORD_METADATA, ThreadRecord
+from threadline.checkpointers.rotation import sql_store
 from threadline.checkpointers.sealed_records import RecordSealer
 from threadline.privacy.names import HASHED_PREFIX, ThreadNaming
 
@@ -40,22 +41,9 @@ class MovedThread:
     status: str
 
 
-def _store(saver: Any) -> tuple[Any, str] | None:
-    """(the saver holding the SQL tables, "postgres" | "sqlite"), or None (memory)."""
-    from threadline.checkpointers.durable import DurablePostgresSaver
-    from threadline.checkpointers.sqlite import SqliteSaver
-
-    durable = getattr(saver, "durable", saver)
-    if isinstance(durable, DurablePostgresSaver):
-        return durable, "postgres"
-    if isinstance(saver, SqliteSaver):
-        return saver, "sqlite"
-    return None
-
-
 async def count_readable_threads(saver: Any) -> int:
     """Threads whose record still has a readable key."""
-    found = _store(saver)
+    found = sql_store(saver)
     if found is None:
         return 0
     store, kind = found
@@ -76,7 +64,7 @@ async def move_to_hashed_ids(
 ) -> list[MovedThread]:
     """Move every thread with a readable key to its hashed key; what was moved."""
     assert naming.hashed, "ids are hashed only with encryption on"
-    found = _store(saver)
+    found = sql_store(saver)
     if found is None:
         return []
     store, kind = found
