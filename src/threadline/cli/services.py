@@ -1,4 +1,5 @@
-"""`threadline services`: throwaway Postgres and Redis for development."""
+"""`threadline services`: throwaway Postgres and Redis (and, on request, a Redis Cluster,
+DynamoDB Local and the Firestore emulator) for development."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ services_app = typer.Typer(
 
 DEFAULT_SERVICES_DIR = Path(".threadline/services")
 StateDir = Annotated[Path, typer.Option(help="Where the services keep their state file.")]
+EXTRAS = ("redis-cluster", "dynamodb", "firestore")
 
 
 @services_app.command("start")
@@ -24,12 +26,31 @@ def services_start(
     redis_cluster: Annotated[
         bool, typer.Option("--redis-cluster", help="Also a Redis Cluster (3 masters, 3 replicas).")
     ] = False,
+    with_: Annotated[
+        str,
+        typer.Option(
+            "--with",
+            metavar="NAMES",
+            help=f"Also these, comma-separated: {', '.join(EXTRAS)}.",
+        ),
+    ] = "",
 ) -> None:
-    """Start Postgres, Redis Stack and a module-free Redis; print the URLs to export."""
+    """Start Postgres, Redis Stack and a module-free Redis (and what --with names); print the
+    variables to export."""
     from threadline.dev.services import DevServices, ServiceError
 
+    extras = {name.strip() for name in with_.split(",") if name.strip()}
+    if unknown := sorted(extras - set(EXTRAS)):
+        raise fail(
+            f"--with: unknown service {', '.join(unknown)} (choose from {', '.join(EXTRAS)})"
+        )
     try:
-        urls = DevServices.start(state_dir, redis_cluster=redis_cluster)
+        urls = DevServices.start(
+            state_dir,
+            redis_cluster=redis_cluster or "redis-cluster" in extras,
+            dynamodb="dynamodb" in extras,
+            firestore="firestore" in extras,
+        )
     except ServiceError as exc:
         raise fail(str(exc), code=1) from None
     for name, url in urls.items():

