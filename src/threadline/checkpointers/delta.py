@@ -178,8 +178,19 @@ class PendingSnapshots:
         return found[0]
 
 
-class Loads(Protocol):
-    def __call__(self, data: tuple[str, bytes]) -> Any: ...
+class LoadWrite(Protocol):
+    """Decodes a stored write from its place: thread (id, namespace), checkpoint, task, idx,
+    channel (see `places`)."""
+
+    def __call__(
+        self,
+        typed: tuple[str, bytes],
+        thread: tuple[str, str],
+        checkpoint_id: str,
+        task_id: str,
+        idx: int,
+        channel: str,
+    ) -> Any: ...
 
 
 class HistoryCache:
@@ -288,7 +299,7 @@ def _seed_weight(seed: Any) -> int:
 async def delta_history(
     cache: HistoryCache,
     cursor: Callable[[], Any],
-    loads: Loads,
+    load_write: LoadWrite,
     full_history: Callable[[Sequence[str]], Awaitable[Mapping[str, DeltaChannelHistory]]],
     key: tuple[str, str, str],
     channels: Sequence[str],
@@ -309,7 +320,8 @@ async def delta_history(
         else:
             result[ch] = found
     walk: list[str] = []
-    newer: list[dict[str, list[StoredWrite]]] = []  # the writes at each ancestor, nearest first
+    # The writes at each ancestor (by its id), nearest first.
+    newer: list[tuple[str, dict[str, list[StoredWrite]]]] = []
     target = key[2]
     async with cursor() as cur:
         for _ in range(MAX_PARENT_STEPS):
@@ -320,7 +332,7 @@ async def delta_history(
             )
             if parent is None:
                 break
-            newer.append(writes)
+            newer.append((parent, writes))
             still: list[str] = []
             for ch in pending:
                 base = None if ch in seeded else cache.get((thread_id, checkpoint_ns, parent, ch))
@@ -329,10 +341,10 @@ async def delta_history(
                 elif base is None:
                     still.append(ch)
                 else:
-                    result[ch] = _extended(base, newer, ch, loads)
+                    result[ch] = _extended(base, newer, (thread_id, checkpoint_ns), ch, load_write)
                     base_weight = cache.weight_of((thread_id, checkpoint_ns, parent, ch))
                     added = sum(
-                        stored_bytes_in_memory(w[4]) for step in newer for w in step.get(ch, ())
+                        stored_bytes_in_memory(w[4]) for _, step in newer for w in step.get(ch, ())
                     )
                     cache.put(
                         (*key, ch), result[ch], None if base_weight is None else base_weight + added
@@ -349,15 +361,19 @@ async def delta_history(
 
 def _extended(
     base: DeltaChannelHistory,
-    newer: list[dict[str, list[StoredWrite]]],
+    newer: list[tuple[str, dict[str, list[StoredWrite]]]],
+    thread: tuple[str, str],
     channel: str,
-    loads: Loads,
+    load_write: LoadWrite,
 ) -> DeltaChannelHistory:
     """`base` followed by the channel's writes at each ancestor since, oldest first."""
     writes = list(base["writes"])
-    for step in reversed(newer):
+    for checkpoint_id, step in reversed(newer):
         own = sorted(step.get(channel, ()), key=lambda w: writes_sort_key(w[1], w[0], w[2]))
-        writes.extend((w[0], channel, loads((w[3], w[4]))) for w in own)
+        writes.extend(
+            (w[0], channel, load_write((w[3], w[4]), thread, checkpoint_id, w[0], w[2], channel))
+            for w in own
+        )
     history: DeltaChannelHistory = {"writes": writes}
     if "seed" in base:
         history["seed"] = base["seed"]

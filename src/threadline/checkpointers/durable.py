@@ -19,6 +19,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from importlib import resources
 from typing import Any
 
@@ -60,6 +61,12 @@ from threadline.checkpointers.delta import (
     tail_task_id,
 )
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
+from threadline.checkpointers.places import (
+    Place,
+    blob_place,
+    checkpoint_place,
+    write_place,
+)
 from threadline.checkpointers.receipts import Receipt, live, receipts_in
 from threadline.checkpointers.records import (
     INSERTED_RECORD_COLUMNS,
@@ -82,9 +89,14 @@ from threadline.checkpointers.rows import (
     WriteRow,
 )
 from threadline.checkpointers.serde import (
+    SEALED,
     UnencryptedDataError,
     ValueSealer,
+    dumps_at,
+    loads_at,
     metadata_matches,
+    rebound,
+    rebound_envelope,
 )
 from threadline.compat import DeltaSnapshot, cap_pool_retry_delays, garbage_blobs
 
@@ -92,6 +104,8 @@ logger = logging.getLogger(__name__)
 
 # Sibling of `channel_values` in the checkpoint JSONB holding the sealed primitive values.
 SEALED_VALUES = "$enc_values"
+# The (thread, namespace) of a stock delta-history walk in progress, whose rows lack them.
+_walked_thread: ContextVar[tuple[str, str]] = ContextVar("walked_thread")
 POOL_KWARGS = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
 
 
@@ -125,6 +139,34 @@ COPY_THREAD_SQL = (
     SELECT %(dst)s, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob
     FROM checkpoint_writes WHERE thread_id = %(src)s ON CONFLICT DO NOTHING""",
 )
+# A thread's encrypted values, re-bound one by one (see `rebind_thread`).
+SELECT_REBOUND_BLOBS_SQL = """
+SELECT checkpoint_ns, channel, version, type, blob FROM checkpoint_blobs
+WHERE thread_id = %s AND type LIKE '%%+%%'
+"""
+UPDATE_REBOUND_BLOB_SQL = """
+UPDATE checkpoint_blobs SET type = %s, blob = %s
+WHERE thread_id = %s AND checkpoint_ns = %s AND channel = %s AND version = %s
+"""
+SELECT_REBOUND_WRITES_SQL = """
+SELECT checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blob FROM checkpoint_writes
+WHERE thread_id = %s AND type LIKE '%%+%%'
+"""
+UPDATE_REBOUND_WRITE_SQL = """
+UPDATE checkpoint_writes SET type = %s, blob = %s
+WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s AND task_id = %s AND idx = %s
+"""
+SELECT_REBOUND_CHECKPOINTS_SQL = f"""
+SELECT checkpoint_ns, checkpoint_id, checkpoint -> '{SEALED_VALUES}' AS sealed, metadata
+FROM checkpoints WHERE thread_id = %s
+"""
+UPDATE_REBOUND_CHECKPOINT_SQL = f"""
+UPDATE checkpoints SET
+    checkpoint = CASE WHEN %(sealed)s::jsonb IS NULL THEN checkpoint
+        ELSE jsonb_set(checkpoint, '{{{SEALED_VALUES}}}', %(sealed)s::jsonb) END,
+    metadata = %(metadata)s
+WHERE thread_id = %(thread)s AND checkpoint_ns = %(ns)s AND checkpoint_id = %(id)s
+"""
 DELETE_THREAD_SQL = (
     "DELETE FROM checkpoints WHERE thread_id = %s",
     "DELETE FROM checkpoint_blobs WHERE thread_id = %s",
@@ -354,7 +396,9 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         if self.sealer.encrypted:
             stored["channel_values"] = markers
             if inline:
-                stored[SEALED_VALUES] = self.sealer.seal(inline)
+                stored[SEALED_VALUES] = self.sealer.seal(
+                    inline, checkpoint_place("values", thread_id, checkpoint_ns, checkpoint["id"])
+                )
         blob_versions: ChannelVersions = {
             k: str(v) for k, v in new_versions.items() if k in blob_values
         }
@@ -365,7 +409,11 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             checkpoint["id"],
             parent_id,
             Jsonb(stored),
-            Jsonb(self.sealer.seal_metadata(md)),
+            Jsonb(
+                self.sealer.seal_metadata(
+                    md, checkpoint_place("metadata", thread_id, checkpoint_ns, checkpoint["id"])
+                )
+            ),
         )
         return PreparedCheckpoint(
             thread_id=thread_id,
@@ -384,6 +432,61 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             receipts=receipts_in(md, checkpoint_ns, checkpoint["id"]),
             record=record_in(md),
         )
+
+    def _dump_blobs(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        values: dict[str, Any],
+        versions: ChannelVersions,
+    ) -> list[tuple[str, str, str, str, str, bytes | None]]:
+        """The stock rows, each value bound to its place (see `places`)."""
+        return [
+            (
+                thread_id,
+                checkpoint_ns,
+                channel,
+                str(version),
+                *(
+                    dumps_at(
+                        self.serde,
+                        values[channel],
+                        blob_place(thread_id, checkpoint_ns, channel, str(version)),
+                    )
+                    if channel in values
+                    else ("empty", None)
+                ),
+            )
+            for channel, version in versions.items()
+        ]
+
+    def _dump_writes(
+        self,
+        thread_id: str,
+        checkpoint_ns: str,
+        checkpoint_id: str,
+        task_id: str,
+        task_path: str,
+        writes: Sequence[tuple[str, Any]],
+    ) -> list[tuple[str, str, str, str, str, int, str, str, bytes]]:
+        """The stock rows, each value bound to its place (see `places`)."""
+        rows = []
+        for position, (channel, value) in enumerate(writes):
+            idx = WRITES_IDX_MAP.get(channel, position)
+            place = write_place(thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel)
+            rows.append(
+                (
+                    thread_id,
+                    checkpoint_ns,
+                    checkpoint_id,
+                    task_id,
+                    task_path,
+                    idx,
+                    channel,
+                    *dumps_at(self.serde, value, place),
+                )
+            )
+        return rows
 
     async def write_checkpoint(
         self, prepared: PreparedCheckpoint, also: Iterable[Statement] = ()
@@ -450,7 +553,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         histories = await delta_history(
             self.delta_histories,
             self.cursor,
-            self.serde.loads_typed,
+            self.load_write,
             no_walk,
             (thread_id, ns, checkpoint_id),
             list(snapshots.values),
@@ -567,20 +670,91 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
-        checkpoint_id = get_checkpoint_id(config)
-        if not channels or not checkpoint_id:
-            return await super().aget_delta_channel_history(config=config, channels=channels)
         configurable = config["configurable"]
-        key = (str(configurable["thread_id"]), configurable.get("checkpoint_ns", ""), checkpoint_id)
+        thread = (str(configurable["thread_id"]), configurable.get("checkpoint_ns", ""))
 
         async def full_history(walk: Sequence[str]) -> Mapping[str, DeltaChannelHistory]:
-            return await super(DurablePostgresSaver, self).aget_delta_channel_history(
-                config=config, channels=walk
-            )
+            token = _walked_thread.set(thread)
+            try:
+                return await super(DurablePostgresSaver, self).aget_delta_channel_history(
+                    config=config, channels=walk
+                )
+            finally:
+                _walked_thread.reset(token)
 
+        checkpoint_id = get_checkpoint_id(config)
+        if not channels or not checkpoint_id:
+            return await full_history(channels)
         return await delta_history(
-            self.delta_histories, self.cursor, self.serde.loads_typed, full_history, key, channels
+            self.delta_histories,
+            self.cursor,
+            self.load_write,
+            full_history,
+            (*thread, checkpoint_id),
+            channels,
         )
+
+    def load_write(
+        self,
+        typed: tuple[str, bytes],
+        thread: tuple[str, str],
+        checkpoint_id: str,
+        task_id: str,
+        idx: int,
+        channel: str,
+    ) -> Any:
+        """A stored pending write, read from its place."""
+        place = write_place(*thread, checkpoint_id, task_id, idx, channel)
+        return loads_at(self.serde, typed, place)
+
+    def _build_delta_channels_writes_history(
+        self,
+        *,
+        channels: Sequence[str],
+        chain_by_ch: Mapping[str, list[str]],
+        seed_ver_by_ch: Mapping[str, str | None],
+        seed_inline_by_ch: Mapping[str, Any],
+        stage2_rows: Sequence[Any],
+    ) -> dict[str, DeltaChannelHistory]:
+        """The stock full walk's decoding, reading each row from its place (the walk's thread
+        is set by `aget_delta_channel_history`: the stock rows do not carry it)."""
+        thread = _walked_thread.get()
+        writes: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        seeds: dict[tuple[str, str], tuple[str, bytes]] = {}
+        for r in stage2_rows:
+            if r["_kind"] == "w":
+                writes[(r["channel"], r["checkpoint_id"])].append(r)
+            else:
+                seeds[(r["channel"], r["version"])] = (r["type"], r["blob"])
+        result: dict[str, DeltaChannelHistory] = {}
+        for ch in channels:
+            collected: list[tuple[str, str, Any]] = []
+            for cid in chain_by_ch.get(ch, []):
+                rows = sorted(
+                    writes.get((ch, cid), []),
+                    key=lambda w: writes_sort_key(w["task_path"], w["task_id"], w["idx"]),
+                    reverse=True,
+                )
+                collected.extend(
+                    (
+                        w["task_id"],
+                        ch,
+                        self.load_write(
+                            (w["type"], w["blob"]), thread, cid, w["task_id"], w["idx"], ch
+                        ),
+                    )
+                    for w in rows
+                )
+            collected.reverse()
+            entry: DeltaChannelHistory = {"writes": collected}
+            if (version := seed_ver_by_ch.get(ch)) is not None:
+                seed = seeds.get((ch, version))
+                if seed is not None and seed[0] != "empty":
+                    entry["seed"] = loads_at(self.serde, seed, blob_place(*thread, ch, version))
+                elif ch in seed_inline_by_ch:
+                    entry["seed"] = seed_inline_by_ch[ch]
+            result[ch] = entry
+        return result
 
     async def alist(
         self,
@@ -635,6 +809,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             if t != b"empty"
         }
         sealed = skeleton.pop(SEALED_VALUES, None)
+        where = (row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])
         if self.sealer.encrypted:
             if plaintext := [k for k in inline if k not in blobs]:
                 raise UnencryptedDataError(
@@ -642,7 +817,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
                     "is set"
                 )
             if sealed is not None:
-                inline.update(self.sealer.unseal(sealed))
+                inline.update(self.sealer.unseal(sealed, checkpoint_place("values", *where)))
         elif sealed is not None:
             raise UnencryptedDataError(
                 "this checkpoint is encrypted; set THREADLINE_AES_KEY to read it"
@@ -658,16 +833,22 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             checkpoint_id=row["checkpoint_id"],
             parent_id=row["parent_checkpoint_id"],
             skeleton=skeleton,
-            metadata=self.sealer.open_metadata(row["metadata"]),
+            metadata=self.sealer.open_metadata(
+                row["metadata"], checkpoint_place("metadata", *where)
+            ),
             blobs=blobs,
             writes=writes,
         )
 
     def to_tuple(self, record: CheckpointRecord) -> CheckpointTuple:
-        loads = self.serde.loads_typed
+        thread = (record.thread_id, record.checkpoint_ns)
+        versions = record.skeleton["channel_versions"]
         values = {
             **record.skeleton["channel_values"],
-            **{ch: loads(typed) for ch, typed in record.blobs.items()},
+            **{
+                ch: loads_at(self.serde, typed, blob_place(*thread, ch, str(versions[ch])))
+                for ch, typed in record.blobs.items()
+            },
         }
         writes = sorted(record.writes, key=_write_order)
         return CheckpointTuple(
@@ -679,7 +860,16 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
                 if record.parent_id
                 else None
             ),
-            pending_writes=[(w.task_id, w.channel, loads((w.type, w.blob))) for w in writes],
+            pending_writes=[
+                (
+                    w.task_id,
+                    w.channel,
+                    self.load_write(
+                        (w.type, w.blob), thread, record.checkpoint_id, w.task_id, w.idx, w.channel
+                    ),
+                )
+                for w in writes
+            ],
         )
 
     # --------------------------------------------------------------- deletion
@@ -753,17 +943,84 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         return [
             r
             for r in await cur.fetchall()
-            if self.sealer.open_metadata(r["metadata"]).get("run_id") in run_ids
+            if self.sealer.open_metadata(
+                r["metadata"],
+                checkpoint_place(
+                    "metadata", r["thread_id"], r["checkpoint_ns"], r["checkpoint_id"]
+                ),
+            ).get("run_id")
+            in run_ids
         ]
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         await self.delete_runs(run_ids)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy in SQL; with encryption on, the copies are then re-bound to the target thread
+        in the same transaction (a value bound to the source would not decrypt there)."""
         params = {"src": str(source_thread_id), "dst": str(target_thread_id)}
-        async with self.cursor(pipeline=True) as cur:
+        async with self.cursor() as cur, cur.connection.transaction():
             for sql in COPY_THREAD_SQL:
                 await cur.execute(sql, params)
+            await self.rebind_thread(cur, str(source_thread_id), str(target_thread_id))
+
+    async def rebind_thread(self, cur: AsyncCursor[DictRow], source: str, target: str) -> None:
+        """Re-bind the values of thread `target`, bound to `source` (copied or renamed rows),
+        to `target`: re-encrypted at the cipher level, in the caller's transaction."""
+        if not self.sealer.encrypted:
+            return
+
+        def moved(place_of: Any, row: DictRow, *keys: str) -> tuple[Place, Place]:
+            where = [row[k] for k in keys]
+            return place_of(source, *where), place_of(target, *where)
+
+        await cur.execute(SELECT_REBOUND_BLOBS_SQL, (target,))
+        for row in await cur.fetchall():
+            old, new = moved(blob_place, row, "checkpoint_ns", "channel", "version")
+            type_tag, blob = rebound(self.serde, (row["type"], row["blob"]), old, new)
+            await cur.execute(
+                UPDATE_REBOUND_BLOB_SQL,
+                (type_tag, blob, target, row["checkpoint_ns"], row["channel"], row["version"]),
+            )
+        await cur.execute(SELECT_REBOUND_WRITES_SQL, (target,))
+        for row in await cur.fetchall():
+            old, new = moved(
+                write_place, row, "checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel"
+            )
+            type_tag, blob = rebound(self.serde, (row["type"], row["blob"]), old, new)
+            await cur.execute(
+                UPDATE_REBOUND_WRITE_SQL,
+                (
+                    type_tag,
+                    blob,
+                    target,
+                    row["checkpoint_ns"],
+                    row["checkpoint_id"],
+                    row["task_id"],
+                    row["idx"],
+                ),
+            )
+        await cur.execute(SELECT_REBOUND_CHECKPOINTS_SQL, (target,))
+        for row in await cur.fetchall():
+            where = (row["checkpoint_ns"], row["checkpoint_id"])
+            sealed = row["sealed"]
+            if sealed is not None:
+                old, new = (checkpoint_place("values", t, *where) for t in (source, target))
+                sealed = Jsonb(rebound_envelope(self.serde, sealed, old, new))
+            metadata = dict(row["metadata"])
+            if SEALED in metadata:
+                old, new = (checkpoint_place("metadata", t, *where) for t in (source, target))
+                metadata[SEALED] = rebound_envelope(self.serde, metadata[SEALED], old, new)
+            await cur.execute(
+                UPDATE_REBOUND_CHECKPOINT_SQL,
+                {
+                    "sealed": sealed,
+                    "metadata": Jsonb(metadata),
+                    "thread": target,
+                    "ns": where[0],
+                    "id": where[1],
+                },
+            )
 
 
 def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableConfig:

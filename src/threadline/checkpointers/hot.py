@@ -52,6 +52,13 @@ from threadline.checkpointers.hot_protocol import (
     write_field,
     writes_call,
 )
+from threadline.checkpointers.places import (
+    Place,
+    blob_place,
+    checkpoint_place,
+    history_place,
+    write_place,
+)
 from threadline.checkpointers.redis_clients import DEFAULT_POOL_SIZE, redis_client
 from threadline.checkpointers.rows import (
     CheckpointRecord,
@@ -59,6 +66,7 @@ from threadline.checkpointers.rows import (
     PreparedCheckpoint,
     PreparedWrites,
 )
+from threadline.checkpointers.serde import dumps_at, loads_at
 from threadline.compat import DeltaSnapshot
 
 ABSENT_GEN = "0"
@@ -97,12 +105,15 @@ class HotHistory:
 
     With `since` set it is only what follows the history of checkpoint `since`, which the
     reader said it holds; otherwise it is whole: `seed` (type, bytes) if any, then `writes`.
-    Writes are (task_id, channel, type, blob), in replay order.
+    Writes are (task_id, channel, type, blob), in replay order; `seed_place` and
+    `write_places` say where each was stored (see `places`).
     """
 
     since: str | None
     seed: tuple[str, bytes] | None
     writes: list[tuple[str, str, str, bytes]]
+    seed_place: Place = b""
+    write_places: list[Place] = field(default_factory=list)
 
 
 def _pack(*items: Any) -> bytes:
@@ -148,7 +159,9 @@ class _DeltaChannels:
         return [(PARENT_FIELD, self.parent or ""), *self.extra]
 
 
-def _histories(fields: Mapping[bytes, bytes]) -> dict[str, HotHistory]:
+def _histories(
+    thread_id: str, checkpoint_ns: str, fields: Mapping[bytes, bytes]
+) -> dict[str, HotHistory]:
     """The delta histories an entry holds for its own checkpoint."""
     checkpoint_id = fields[b"id"]
     found: dict[str, HotHistory] = {}
@@ -156,6 +169,7 @@ def _histories(fields: Mapping[bytes, bytes]) -> dict[str, HotHistory]:
         if not key.startswith(HISTORY_PREFIX) or value != checkpoint_id:
             continue
         name = key[2:]
+        channel_name = name.decode()
         since = fields.get(since_field(name))
         seed = fields.get(seed_field(name)) if since is None else None
         prefix = delta_prefix(name)
@@ -164,15 +178,36 @@ def _histories(fields: Mapping[bytes, bytes]) -> dict[str, HotHistory]:
             if field_name.startswith(prefix):
                 task_id, channel, type_tag, blob, task_path, idx = ormsgpack.unpackb(packed)
                 written_at = field_name[len(prefix) :].split(b"\0", 1)[0]
-                order = (idx,) if not written_at else writes_sort_key(task_path, task_id, idx)
-                ordered.append(((written_at, order), (task_id, channel, type_tag, blob)))
+                if written_at:  # a stored write, copied from its checkpoint's entry
+                    order: tuple[Any, ...] = writes_sort_key(task_path, task_id, idx)
+                    at = write_place(
+                        thread_id, checkpoint_ns, written_at.decode(), task_id, idx, channel
+                    )
+                else:  # decoded from Postgres when the entry was warmed
+                    order = (idx,)
+                    at = history_place(thread_id, checkpoint_ns, channel_name, idx)
+                ordered.append(((written_at, order), (task_id, channel, type_tag, blob), at))
         ordered.sort(key=lambda item: item[0])
-        found[name.decode()] = HotHistory(
+        seed_value = None if seed is None else _unpack_value(seed)
+        found[channel_name] = HotHistory(
             since=None if since is None else since.decode(),
-            seed=None if seed is None else _unpack_value(seed)[1:],
-            writes=[write for _, write in ordered],
+            seed=None if seed_value is None else seed_value[1:],
+            writes=[write for _, write, _ in ordered],
+            seed_place=_seed_place(thread_id, checkpoint_ns, channel_name, seed_value),
+            write_places=[at for _, _, at in ordered],
         )
     return found
+
+
+def _seed_place(
+    thread_id: str, checkpoint_ns: str, channel: str, seed: tuple[str, str, bytes] | None
+) -> Place:
+    """A seed copied from a channel value names its version; one decoded from Postgres none."""
+    if seed is None:
+        return b""
+    if seed[0]:
+        return blob_place(thread_id, checkpoint_ns, channel, seed[0])
+    return history_place(thread_id, checkpoint_ns, channel, -1)
 
 
 class HotTier:
@@ -268,7 +303,7 @@ class HotTier:
         if state:
             return HotRead(gen, None, pending=True, abandoned=state == 2)
         record = self._decode(thread_id, checkpoint_ns, fields)
-        histories = _histories(fields) if record is not None else {}
+        histories = _histories(thread_id, checkpoint_ns, fields) if record is not None else {}
         return HotRead(gen, record, histories=histories)
 
     async def commit(self, thread_id: str, checkpoint_ns: str, tokens: Sequence[str]) -> None:
@@ -282,8 +317,9 @@ class HotTier:
         checkpoint_id = fields.get(b"id")
         if checkpoint_id is None or b"cp" not in fields:
             return None
-        skeleton, metadata, parent_id, blob_channels = self.serde.loads_typed(
-            tuple(ormsgpack.unpackb(fields[b"cp"]))
+        head = checkpoint_place("head", thread_id, checkpoint_ns, checkpoint_id.decode())
+        skeleton, metadata, parent_id, blob_channels = loads_at(
+            self.serde, tuple(ormsgpack.unpackb(fields[b"cp"])), head
         )
         if skeleton.get("id") != checkpoint_id.decode():
             return None
@@ -315,8 +351,16 @@ class HotTier:
 
     # ----------------------------------------------------------------- writes
 
-    def _head(self, skeleton: dict[str, Any], metadata: Any, parent: Any, channels: Any) -> bytes:
-        return _pack(*self.serde.dumps_typed([skeleton, metadata, parent, channels]))
+    def _head(
+        self,
+        thread: tuple[str, str],
+        skeleton: dict[str, Any],
+        metadata: Any,
+        parent: Any,
+        channels: Any,
+    ) -> bytes:
+        place = checkpoint_place("head", *thread, skeleton["id"])
+        return _pack(*dumps_at(self.serde, [skeleton, metadata, parent, channels], place))
 
     async def put(
         self,
@@ -369,9 +413,9 @@ class HotTier:
             if channel in changed:
                 fields.append((channel, *changed[channel]))
             else:
-                fields.append(
-                    (channel, str(versions[channel]), *self.serde.dumps_typed(values[channel]))
-                )
+                version = str(versions[channel])
+                place = blob_place(prepared.thread_id, prepared.checkpoint_ns, channel, version)
+                fields.append((channel, version, *dumps_at(self.serde, values[channel], place)))
         return self._install_call(prepared, "", token, commits, fields)
 
     async def install(self, call: ScriptCall) -> int:
@@ -387,7 +431,11 @@ class HotTier:
         values: Sequence[tuple[str, str, str, bytes]],
     ) -> ScriptCall:
         head = self._head(
-            prepared.skeleton, prepared.metadata, prepared.parent_id, prepared.blob_channels
+            (prepared.thread_id, prepared.checkpoint_ns),
+            prepared.skeleton,
+            prepared.metadata,
+            prepared.parent_id,
+            prepared.blob_channels,
         )
         channel_values = prepared.checkpoint["channel_values"]
         channels = _DeltaChannels(
@@ -438,7 +486,10 @@ class HotTier:
         histories: Mapping[str, DeltaChannelHistory] | None,
     ) -> ScriptCall:
         versions = record.skeleton["channel_versions"]
-        head = self._head(record.skeleton, record.metadata, record.parent_id, list(record.blobs))
+        thread = (record.thread_id, record.checkpoint_ns)
+        head = self._head(
+            thread, record.skeleton, record.metadata, record.parent_id, list(record.blobs)
+        )
         inline = record.skeleton["channel_values"]
         channels = _DeltaChannels(
             history=[],
@@ -446,7 +497,7 @@ class HotTier:
             parent=record.parent_id,
         )
         for channel, history in (histories or {}).items():
-            channels.extra += self._history_fields(record.checkpoint_id, channel, history)
+            channels.extra += self._history_fields(thread, record.checkpoint_id, channel, history)
         fields = channels.fields()
         for channel, (type_tag, blob) in record.blobs.items():
             packed = _pack_value(
@@ -473,7 +524,11 @@ class HotTier:
         )
 
     def _history_fields(
-        self, checkpoint_id: str, channel: str, history: DeltaChannelHistory
+        self,
+        thread: tuple[str, str],
+        checkpoint_id: str,
+        channel: str,
+        history: DeltaChannelHistory,
     ) -> list[tuple[bytes, Any]]:
         """A history decoded from Postgres, as entry fields (its writes carry no checkpoint
         ids, so they sort first and only a reader holding this very checkpoint skips them)."""
@@ -483,14 +538,24 @@ class HotTier:
             fields.append(
                 (
                     seed_field(name),
-                    _pack_value("", *self.serde.dumps_typed(history["seed"]), snapshot=True),
+                    _pack_value(
+                        "",
+                        *dumps_at(self.serde, history["seed"], history_place(*thread, channel, -1)),
+                        snapshot=True,
+                    ),
                 )
             )
         for seq, (task_id, write_channel, value) in enumerate(history["writes"]):
             fields.append(
                 (
                     decoded_delta_field(name, seq),
-                    _pack(task_id, write_channel, *self.serde.dumps_typed(value), "", seq),
+                    _pack(
+                        task_id,
+                        write_channel,
+                        *dumps_at(self.serde, value, history_place(*thread, channel, seq)),
+                        "",
+                        seq,
+                    ),
                 )
             )
         return fields

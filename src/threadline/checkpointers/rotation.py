@@ -1,7 +1,9 @@
 """Key rotation: every encrypted value re-encrypted under the key ring's first key.
 
 Values are re-encrypted at the cipher level (decrypted under whichever key they name, encrypted
-under the first), never deserialised, so they come back byte-identical once decrypted. Work
+under the first), never deserialised, so they come back byte-identical once decrypted. On
+Postgres each value is bound to its place on the way (see `places`): rows written before
+binding are migrated by the same command, even without a new key. Work
 goes in batches, each committed on its own, selecting only rows not yet under the current key:
 a rotation killed at any point is resumed by running it again, and no row is ever left
 unreadable (a row is rewritten whole or not at all). Afterwards every old key can be dropped.
@@ -17,21 +19,46 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from threadline.checkpointers.durable import SEALED_VALUES
+from threadline.checkpointers.places import Place, blob_place, checkpoint_place, write_place
 from threadline.checkpointers.records import ThreadRecord
 from threadline.checkpointers.sealed_records import RecordSealer
 from threadline.checkpointers.serde import KeyRing, ValueSealer
+from threadline.checkpointers.sqlite_bound import sqlite_checkpoint_place
 
 Progress = Callable[[str, int], None]  # (what, rows just rotated)
 
 # Rows of a table whose type tag names a cipher other than the current one. Rotated rows stop
 # matching, so the same query pages through the rest.
-POSTGRES_TYPED_TABLES = {
-    "checkpoint_blobs": ("thread_id", "checkpoint_ns", "channel", "version"),
-    "checkpoint_writes": ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
+# Postgres tables: (the row's key, where its value belongs).
+POSTGRES_TYPED_TABLES: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], Place]]] = {
+    "checkpoint_blobs": (
+        ("thread_id", "checkpoint_ns", "channel", "version"),
+        lambda r: blob_place(r["thread_id"], r["checkpoint_ns"], r["channel"], r["version"]),
+    ),
+    "checkpoint_writes": (
+        ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
+        lambda r: write_place(
+            r["thread_id"],
+            r["checkpoint_ns"],
+            r["checkpoint_id"],
+            r["task_id"],
+            r["idx"],
+            r["channel"],
+        ),
+    ),
 }
-SQLITE_TYPED_TABLES = {
-    "checkpoints": (("thread_id", "checkpoint_ns", "checkpoint_id"), "checkpoint"),
-    "writes": (("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"), "value"),
+# SQLite tables: (the row's key, the value's column, where its value belongs).
+SQLITE_TYPED_TABLES: dict[str, tuple[tuple[str, ...], str, Callable[..., Place]]] = {
+    "checkpoints": (
+        ("thread_id", "checkpoint_ns", "checkpoint_id"),
+        "checkpoint",
+        sqlite_checkpoint_place,
+    ),
+    "writes": (
+        ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel"),
+        "value",
+        write_place,
+    ),
 }
 POSTGRES_CHECKPOINTS_SQL = f"""
 SELECT thread_id, checkpoint_ns, checkpoint_id, checkpoint -> '{SEALED_VALUES}' AS sealed,
@@ -72,15 +99,17 @@ SQLITE_STALE_RECORDS = f"""
 """
 
 
-def retyped(ring: KeyRing, type_tag: str, blob: bytes) -> tuple[str, bytes]:
-    """The same value under the current key."""
+def retyped(
+    ring: KeyRing, type_tag: str, blob: bytes, place: Place | None = None
+) -> tuple[str, bytes]:
+    """The same value under the current key (bound to `place` when one is given)."""
     base, _, name = type_tag.partition("+")
-    new_name, ciphertext = ring.encrypt(ring.decrypt(name, blob))
+    new_name, ciphertext = ring.encrypt(ring.decrypt(name, blob, place), place)
     return f"{base}+{new_name}", ciphertext
 
 
-def _envelope(ring: KeyRing, envelope: list[str]) -> list[str]:
-    type_tag, blob = retyped(ring, envelope[0], base64.b64decode(envelope[1]))
+def _envelope(ring: KeyRing, envelope: list[str], place: Place) -> list[str]:
+    type_tag, blob = retyped(ring, envelope[0], base64.b64decode(envelope[1]), place)
     return [type_tag, base64.b64encode(blob).decode()]
 
 
@@ -89,9 +118,9 @@ async def rotate_postgres(saver: Any, ring: KeyRing, batch: int, progress: Progr
     current = ring.current_name
     sealer = ValueSealer(saver.serde)
     rotated = 0
-    for table, keys in POSTGRES_TYPED_TABLES.items():
+    for table, (keys, place_of) in POSTGRES_TYPED_TABLES.items():
         select = (
-            f"SELECT {', '.join(keys)}, type, blob FROM {table} "
+            f"SELECT {', '.join(keys)}, channel, type, blob FROM {table} "
             "WHERE type LIKE '%%+%%' AND split_part(type, '+', 2) <> %s LIMIT %s"
         )
         update = f"UPDATE {table} SET type = %s, blob = %s WHERE " + " AND ".join(
@@ -102,7 +131,7 @@ async def rotate_postgres(saver: Any, ring: KeyRing, batch: int, progress: Progr
                 await cur.execute(select, (current, batch))
                 rows = await cur.fetchall()
                 for row in rows:
-                    type_tag, blob = retyped(ring, row["type"], bytes(row["blob"]))
+                    type_tag, blob = retyped(ring, row["type"], bytes(row["blob"]), place_of(row))
                     await cur.execute(update, (type_tag, blob, *(row[k] for k in keys)))
             rotated += len(rows)
             progress(table, len(rows))
@@ -115,12 +144,18 @@ async def rotate_postgres(saver: Any, ring: KeyRing, batch: int, progress: Progr
             for row in rows:
                 sealed = row["sealed"]
                 metadata = row["metadata"]
+                where = (row["thread_id"], row["checkpoint_ns"], row["checkpoint_id"])
+                at = checkpoint_place("metadata", *where)
                 await cur.execute(
                     POSTGRES_UPDATE_CHECKPOINT_SQL,
                     {
-                        "sealed": Jsonb(_envelope(ring, sealed)) if sealed else None,
+                        "sealed": (
+                            Jsonb(_envelope(ring, sealed, checkpoint_place("values", *where)))
+                            if sealed
+                            else None
+                        ),
                         "metadata": Jsonb(
-                            sealer.seal_metadata(sealer.open_metadata(metadata))
+                            sealer.seal_metadata(sealer.open_metadata(metadata, at), at)
                             if "$enc" in metadata
                             else metadata
                         ),
@@ -137,11 +172,11 @@ async def rotate_postgres(saver: Any, ring: KeyRing, batch: int, progress: Progr
 
 
 async def rotate_sqlite(saver: Any, ring: KeyRing, batch: int, progress: Progress) -> int:
-    """Rotate an SQLite saver's checkpoints and writes."""
+    """Rotate an SQLite saver's checkpoints and writes, binding each to its place."""
     current = ring.current_name
     rotated = 0
     await saver.setup()
-    for table, (keys, column) in SQLITE_TYPED_TABLES.items():
+    for table, (keys, column, place_of) in SQLITE_TYPED_TABLES.items():
         select = (
             f"SELECT {', '.join(keys)}, type, {column} FROM {table} "
             "WHERE type LIKE '%+%' AND substr(type, instr(type, '+') + 1) <> ? LIMIT ?"
@@ -154,7 +189,8 @@ async def rotate_sqlite(saver: Any, ring: KeyRing, batch: int, progress: Progres
                 async with saver.conn.execute(select, (current, batch)) as cur:
                     rows = list(await cur.fetchall())
                 for row in rows:
-                    type_tag, blob = retyped(ring, row[-2], bytes(row[-1]))
+                    place = place_of(*row[: len(keys)])
+                    type_tag, blob = retyped(ring, row[-2], bytes(row[-1]), place)
                     await saver.conn.execute(update, (type_tag, blob, *row[: len(keys)]))
                 await saver.conn.commit()
             rotated += len(rows)

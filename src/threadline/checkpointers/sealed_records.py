@@ -1,5 +1,6 @@
 """Thread records with their text sealed: with encryption on, a record's title (a user's first
-message), readable thread id and metadata are stored encrypted like checkpoint values.
+message), readable thread id and metadata are stored encrypted like checkpoint values, each
+bound to its record and field (a sealed title copied onto another record does not open).
 
 A thread record lives in a plain table (or Redis hash) so it can be listed and filtered; only
 the columns listings use (tenant, owner, times, retention) stay readable. Sealing happens where
@@ -16,6 +17,7 @@ from typing import Any
 
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from threadline.checkpointers.places import record_place
 from threadline.checkpointers.records import KeepsThreadRecords, RecordQuery, ThreadRecord
 from threadline.checkpointers.serde import SEALED, ValueSealer, is_encrypting
 
@@ -30,30 +32,36 @@ class RecordSealer:
         self.encrypted = is_encrypting(serde)
         self._sealer = ValueSealer(serde)
 
-    def seal_fields(self, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """`fields` (a record as a dict, or a record's changes) with its text sealed."""
+    def seal_fields(self, fields: Mapping[str, Any], thread_key: str) -> dict[str, Any]:
+        """`fields` (a record as a dict, or a record's changes) with its text sealed, each
+        field bound to its place in the record of `thread_key` (see `places`)."""
         sealed = dict(fields)
         if not self.encrypted:
             return sealed
         for name in SEALED_TEXT_FIELDS:
             if isinstance(value := sealed.get(name), str) and not _is_sealed_text(value):
-                type_tag, blob = self._sealer.seal(value)
+                type_tag, blob = self._sealer.seal(value, record_place(thread_key, name))
                 sealed[name] = f"{SEALED_TEXT_PREFIX}{type_tag}:{blob}"
         if isinstance(metadata := sealed.get("metadata"), Mapping) and SEALED not in metadata:
-            sealed["metadata"] = {SEALED: self._sealer.seal(dict(metadata))} if metadata else {}
+            place = record_place(thread_key, "metadata")
+            sealed["metadata"] = (
+                {SEALED: self._sealer.seal(dict(metadata), place)} if metadata else {}
+            )
         return sealed
 
     def seal(self, record: ThreadRecord) -> ThreadRecord:
-        return ThreadRecord(**self.seal_fields(dataclasses.asdict(record)))
+        return ThreadRecord(**self.seal_fields(dataclasses.asdict(record), record.thread_key))
 
     def open(self, record: ThreadRecord) -> ThreadRecord:
         changes: dict[str, Any] = {}
         for name in SEALED_TEXT_FIELDS:
             if _is_sealed_text(value := getattr(record, name)):
                 type_tag, _, blob = value[len(SEALED_TEXT_PREFIX) :].partition(":")
-                changes[name] = self._sealer.unseal([type_tag, blob])
+                place = record_place(record.thread_key, name)
+                changes[name] = self._sealer.unseal([type_tag, blob], place)
         if SEALED in record.metadata:
-            changes["metadata"] = dict(self._sealer.unseal(record.metadata[SEALED]))
+            place = record_place(record.thread_key, "metadata")
+            changes["metadata"] = dict(self._sealer.unseal(record.metadata[SEALED], place))
         return dataclasses.replace(record, **changes) if changes else record
 
 
@@ -94,7 +102,7 @@ class SealedRecords:
         if self._sealer.encrypted and set(expect or ()) & {"metadata", *SEALED_TEXT_FIELDS}:
             raise ValueError("sealed record fields cannot be compared in place")
         updated = await self._records.aupdate_thread_record(
-            thread_key, self._sealer.seal_fields(changes), expect=expect
+            thread_key, self._sealer.seal_fields(changes, thread_key), expect=expect
         )
         return self._opened(updated)
 

@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
+from threadline.checkpointers.places import write_place
 from threadline.checkpointers.receipts import Receipt, live
 from threadline.checkpointers.records import (
     RECORD_COLUMNS,
@@ -23,6 +22,8 @@ from threadline.checkpointers.records import (
     listing_sql,
     update_sql,
 )
+from threadline.checkpointers.serde import is_encrypting, rebound
+from threadline.checkpointers.sqlite_bound import BoundSqlitePaths, sqlite_checkpoint_place
 
 
 def _sql(name: str) -> str:
@@ -70,7 +71,7 @@ def _encoded(name: str, value: Any) -> Any:
     return json.dumps(value) if name == "metadata" else value
 
 
-class SqliteSaver(AsyncSqliteSaver):
+class SqliteSaver(BoundSqlitePaths):
     _tables_ready = False
 
     async def setup(self) -> None:
@@ -137,6 +138,42 @@ class SqliteSaver(AsyncSqliteSaver):
                 await cur.execute(sql, {"thread": thread_key, "keep": keep})
             await self.conn.commit()
             await cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def rebind_thread(self, source: str, target: str) -> None:
+        """Re-bind the values of thread `target`, bound to `source` (renamed rows), to
+        `target`, in the caller's transaction (the caller holds `lock`)."""
+        if not is_encrypting(self.serde):
+            return
+        async with self.conn.execute(
+            "SELECT checkpoint_ns, checkpoint_id, type, checkpoint FROM checkpoints"
+            " WHERE thread_id = ? AND type LIKE '%+%'",
+            (target,),
+        ) as cur:
+            for ns, checkpoint_id, type_tag, blob in list(await cur.fetchall()):
+                old, new = (sqlite_checkpoint_place(t, ns, checkpoint_id) for t in (source, target))
+                await self.conn.execute(
+                    "UPDATE checkpoints SET type = ?, checkpoint = ? WHERE thread_id = ?"
+                    " AND checkpoint_ns = ? AND checkpoint_id = ?",
+                    (*rebound(self.serde, (type_tag, blob), old, new), target, ns, checkpoint_id),
+                )
+        async with self.conn.execute(
+            "SELECT checkpoint_ns, checkpoint_id, task_id, idx, channel, type, value FROM writes"
+            " WHERE thread_id = ? AND type LIKE '%+%'",
+            (target,),
+        ) as cur:
+            for ns, checkpoint_id, task_id, idx, channel, type_tag, blob in list(
+                await cur.fetchall()
+            ):
+                old, new = (
+                    write_place(t, ns, checkpoint_id, task_id, idx, channel)
+                    for t in (source, target)
+                )
+                await self.conn.execute(
+                    "UPDATE writes SET type = ?, value = ? WHERE thread_id = ?"
+                    " AND checkpoint_ns = ? AND checkpoint_id = ? AND task_id = ? AND idx = ?",
+                    (*rebound(self.serde, (type_tag, blob), old, new), target, ns, checkpoint_id,
+                     task_id, idx),
+                )  # fmt: skip
 
     async def adelete_thread(self, thread_id: str) -> None:
         """The thread's checkpoints, writes, receipts and record, in one transaction; then the

@@ -28,8 +28,10 @@ def keys_rotate(
     batch: Annotated[int, typer.Option(min=1, max=10_000, help="Rows per transaction.")] = 500,
 ) -> None:
     """Re-encrypt every stored value under the first key of THREADLINE_AES_KEYS: checkpoints,
-    writes, metadata and thread records (Postgres or SQLite), the archive; threads stored
-    under readable ids move to hashed ones; the hot tier is emptied (a cache).
+    writes, metadata and thread records (Postgres or SQLite), the archive; on Postgres each
+    value is bound to its place on the way (with a single key, this is the migration of rows
+    written before binding); threads stored under readable ids move to hashed ones; the hot
+    tier is emptied (a cache).
 
     Batches commit one by one and only rows not yet under the first key are read, so a
     rotation that was stopped is finished by running it again. Afterwards the other keys can
@@ -75,7 +77,9 @@ def keys_rotate(
                         await archive.delete(old)
             hot = await saver.hot.drop_all() if isinstance(saver, TieredSaver) else 0
             resealed, objects = (
-                await reseal_all(archive, saver.serde, ring.current_name) if archive else (0, 0)
+                await reseal_all(archive, saver.serde, ring.current_unbound_name)
+                if archive
+                else (0, 0)
             )
         return (
             f"re-encrypted {rows} rows under key {ring.current_id!r}; moved {len(moved)} "

@@ -84,12 +84,13 @@ async def move_to_hashed_ids(
 
 
 def _moved_record(record: ThreadRecord, naming: ThreadNaming, sealer: RecordSealer) -> ThreadRecord:
-    fresh = sealer.seal(sealer.open(record))
-    return dataclasses.replace(
-        fresh,
+    """The record under its hashed key, its text sealed for it there."""
+    moved = dataclasses.replace(
+        sealer.open(record),
         thread_key=naming.stored_key(record.thread_key),
         tenant=naming.tenant_tag(record.tenant),
     )
+    return sealer.seal(moved)
 
 
 async def _move_postgres_page(
@@ -111,6 +112,8 @@ async def _move_postgres_page(
                     f"UPDATE {table} SET thread_id = %s WHERE thread_id = %s",
                     (new.thread_key, record.thread_key),
                 )
+            # Values bound to the old key are bound to the new one (see `places`).
+            await store.rebind_thread(cur, record.thread_key, new.thread_key)
             await cur.execute(
                 "UPDATE threadline_threads SET thread_key = %s, tenant = %s, thread_id = %s, "
                 "title = %s, metadata = %s WHERE thread_key = %s",
@@ -140,6 +143,7 @@ async def _move_sqlite_page(
                     f"UPDATE {table} SET thread_id = ? WHERE thread_id = ?",
                     (new.thread_key, record.thread_key),
                 )
+            await store.rebind_thread(record.thread_key, new.thread_key)
             # SQLite keeps checkpoint metadata in clear JSON: the record each turn carried
             # there (readable key and tenant) goes; the table has the record.
             await store.conn.execute(

@@ -143,7 +143,8 @@ class StagedSaver(BaseCheckpointSaver):
     def _with_sealed_record(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
         config, checkpoint, metadata, versions = args
         if isinstance(record := metadata.get(RECORD_METADATA), Mapping):
-            metadata = {**metadata, RECORD_METADATA: self._record_sealer.seal_fields(record)}
+            sealed = self._record_sealer.seal_fields(record, str(record["thread_key"]))
+            metadata = {**metadata, RECORD_METADATA: sealed}
         return config, checkpoint, metadata, versions
 
     def _protected(

@@ -45,6 +45,7 @@ from threadline.checkpointers.rows import (
     PreparedWrites,
     Statement,
 )
+from threadline.checkpointers.serde import loads_at
 from threadline.checkpointers.tiered.guard import REDIS_FAULTS, RedisGuard
 from threadline.checkpointers.tiered.journal import (
     ANY_CHECKPOINT,
@@ -321,18 +322,20 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         """Cache the delta histories Redis sent with a checkpoint, so that reading its state
         (`aget_delta_channel_history`, next) needs no Postgres query."""
         cache = self.durable.delta_histories
-        loads = self.serde.loads_typed
         thread_id, checkpoint_ns = record.thread_id, record.checkpoint_ns
         for channel, hot in histories.items():
             writes = [
-                (task_id, ch, loads((type_tag, blob))) for task_id, ch, type_tag, blob in hot.writes
+                (task_id, ch, loads_at(self.serde, (type_tag, blob), place))
+                for (task_id, ch, type_tag, blob), place in zip(
+                    hot.writes, hot.write_places, strict=True
+                )
             ]
             history: DeltaChannelHistory
             weight: int | None = None
             if hot.since is None:
                 history = {"writes": writes}
                 if hot.seed is not None:
-                    history["seed"] = loads(hot.seed)
+                    history["seed"] = loads_at(self.serde, hot.seed, hot.seed_place)
             else:
                 base_key = (thread_id, checkpoint_ns, hot.since, channel)
                 base = cache.get(base_key)
