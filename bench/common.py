@@ -96,8 +96,9 @@ def latency_proxy(target_port: int, rtt_ms: float, round_trips: Any = None) -> I
     It runs in its own process with its own event loop, delaying server-to-client data (the
     whole round trip's worth, so requests go out at once); asyncio timers round the delay up
     to the next millisecond. With `round_trips` (a `multiprocessing.Value("q")`) it counts
-    them: a reply after a request on a connection is one (pipelined requests answered
-    together count once, as they cost one wait).
+    them per connection as turn-arounds: a reply handed to the client after a request was
+    sent is one. Judged when the delayed reply is delivered, not when the server sent it, so
+    requests pipelined before the client saw a reply share that reply's count (one wait).
     """
     port = free_port()
     ready = multiprocessing.Event()
@@ -126,7 +127,7 @@ def _proxy_main(
             for writer in (client_w, upstream_w):
                 sock = writer.get_extra_info("socket")
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            asked = [False]  # the client sent something not yet answered
+            asked = [False]  # the client sent something since it last received a reply
 
             def request(data: bytes) -> None:
                 asked[0] = True
@@ -158,7 +159,7 @@ async def _pump(
     seen: Callable[[bytes], None] = lambda data: None,
 ) -> None:
     """Forward `source` to `sink`, each chunk `delay` seconds after it arrived, in order
-    (`seen` is told of each chunk as it arrives)."""
+    (`seen` is told of each chunk as it is forwarded: what the other end sees, and when)."""
     loop = asyncio.get_running_loop()
     pending: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -170,12 +171,12 @@ async def _pump(
                 return
             if (wait := due - loop.time()) > 0:
                 await asyncio.sleep(wait)
+            seen(data)
             sink.write(data)
 
     sender = asyncio.ensure_future(send())
     try:
         while data := await source.read(65536):
-            seen(data)
             pending.put_nowait((loop.time() + delay, data))
     finally:
         pending.put_nowait((0.0, b""))
