@@ -31,36 +31,185 @@ def moved(before: dict[Any, float], after: dict[Any, float], name: str, **labels
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
-async def test_metrics_count_what_happened(
-    served: Any, openai_stub: Any, postgres_db_url: str
+def turns_by_worker(tmp_dir: Any) -> list[float]:
+    """The turns each worker counted, from its own file in the multiprocess directory."""
+    from prometheus_client import multiprocess
+
+    files = sorted(tmp_dir.glob("threadline-metrics-*/counter_*.db"))
+    return [
+        sum(
+            sample.value
+            for family in multiprocess.MultiProcessCollector.merge([str(file)])
+            for sample in family.samples
+            if sample.name == "threadline_turns_total"
+        )
+        for file in files
+    ]
+
+
+def samples_of(page: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_what_happened_across_two_workers(
+    server_process: Any, openai_stub: Any, postgres_db_url: str, plain_redis_url: str, tmp_path: Any
 ) -> None:
-    async with served("postgres", turn_lock_timeout_seconds=0.2) as client:
-        before = await scrape(client)
-        for text in ("one", "two"):
-            assert (await client.post("/agent/invoke", json=turn("m", text))).status_code == 200
-        keyed = {"Idempotency-Key": "k-1"}
-        for _ in range(2):  # a retry: replayed, not run again
-            response = await client.post("/agent/invoke", json=turn("m", "three"), headers=keyed)
-            assert response.status_code == 200
+    """The scripted sequence against `threadline serve --workers 2` on the tiered backend,
+    each request on a new connection (both workers serve some): every counter moves by
+    exactly what happened, and each refused or failed turn is logged once with its cause."""
+    canary = f"canary-{uuid.uuid4().hex[:8]}"
+    thread = f"m-{uuid.uuid4().hex[:8]}"  # Redis is shared by the session's tests
+    stores = {"postgres_url": postgres_db_url, "redis_url": plain_redis_url}
+    server = server_process(
+        {
+            "THREADLINE_CHECKPOINTER": "tiered",
+            "THREADLINE_POSTGRES_URL": postgres_db_url,
+            "THREADLINE_REDIS_URL": plain_redis_url,
+            "THREADLINE_TURN_LOCK_TIMEOUT_SECONDS": "0.2",
+            "THREADLINE_LOG_FORMAT": "json",
+            "THREADLINE_MODEL": "openai:gpt-4o-mini",
+            "TMPDIR": str(tmp_path),  # where the workers' metric files go
+            **openai_stub.env(),
+        },
+        args=("--workers", "2"),
+    )
+    fresh = {"Connection": "close"}
+
+    async def post(body: Any, request_id: str, **headers: str) -> int:
+        response = await client.post(
+            "/agent/invoke", json=body, headers={**fresh, "X-Request-Id": request_id, **headers}
+        )
+        return response.status_code
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        before = samples_of((await client.get("/metrics", headers=fresh)).text)
+        for n in range(2):
+            assert await post(turn(thread, f"{canary} {n}"), f"ok-{n}") == 200
+        for n in range(2):  # a retry: replayed from its receipt, not run again
+            assert await post(turn(thread, canary), f"keyed-{n}", **{"Idempotency-Key": "k"}) == 200
         openai_stub.fail_next(3)  # ChatOpenAI retries twice
-        failed = await client.post("/agent/invoke", json=turn("m", "four"))
-        assert failed.status_code == 502
-        settings = settings_for(checkpointer="postgres", postgres_url=postgres_db_url)
-        async with open_turn_locks(settings) as locks, locks.hold(["m"], 1):
-            busy = await client.post("/agent/invoke", json=turn("m", "five"))
-            assert busy.status_code == 409
+        assert await post(turn(thread, canary), "model-down") == 502
+        settings = settings_for(checkpointer="tiered", **stores)
+        async with open_turn_locks(settings) as locks, locks.hold([thread], 1):
+            assert await post(turn(thread, canary), "busy") == 409
+        assert await post(turn("no spaces!", canary), "bad-thread") == 422
+        for request_id, name, value in (
+            ("bad-override", "max_context_tokens", 1),  # refused by threadline's own check
+            ("bad-config", "memory_strategy", canary),  # refused by LangServe's validation
+        ):
+            overridden = turn(thread, canary)
+            overridden["config"]["configurable"][name] = value
+            assert await post(overridden, request_id) == 422
+        after = samples_of((await client.get("/metrics", headers=fresh)).text)
+    per_worker = turns_by_worker(tmp_path)
+    server.stop()
+
+    def count(name: str, **labels: str) -> float:
+        return moved(before, after, name, **labels)
+
+    outcomes = {"ok": 3, "replayed": 1, "model_error": 1, "conflict": 1, "invalid": 3}
+    assert len(per_worker) == 2 and all(per_worker), f"both workers counted turns: {per_worker}"
+    assert sum(per_worker) == sum(outcomes.values())
+    for outcome in ("ok", "replayed", "model_error", "conflict", "invalid", "store_unavailable"):
+        assert count("threadline_turns_total", outcome=outcome) == outcomes.get(outcome, 0), outcome
+    assert count("threadline_turns_total", outcome="error") == 0
+    assert count("threadline_idempotent_replays_total") == 1
+    assert count("threadline_turn_duration_seconds_count") == 3
+    assert count("threadline_model_duration_seconds_count") == 3 + 1
+    assert count("threadline_context_tokens_count") == 3
+    assert count("threadline_context_budget_ratio_count") == 3
+    assert count("threadline_summary_folds_total") == 0
+    stored = {"backend": "tiered", "tier": "all", "op": "put"}
+    assert count("threadline_checkpoint_op_duration_seconds_count", **stored) == 3  # one a turn
+    # every request on a valid thread waits for its lock: all but the bad thread's
+    assert count("threadline_thread_lock_wait_seconds_count") == 8
+    for (name, labels), _ in after.items():  # bounded labels: no thread, user or text
+        assert thread not in dict(labels).values() and canary not in str(labels), name
+
+    log = server.log_path.read_text()
+    assert canary not in log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    counted = sorted(
+        (line["request_id"], line["message"])
+        for line in lines
+        if line["message"].startswith(("turn refused", "turn failed"))
+    )
+    assert counted == [  # one line each, with its request id, status and cause
+        ("bad-config", "turn refused: 422 invalid, cause RequestValidationError"),
+        ("bad-override", "turn refused: 422 invalid, cause InvalidOverrideError"),
+        ("bad-thread", "turn refused: 422 invalid, cause validate_thread_id"),
+        ("busy", "turn refused: 409 conflict, cause ThreadBusyError"),
+        ("model-down", "turn failed: 502 model_error, cause OpenAIAPIError"),
+    ], counted
+
+
+async def test_refused_turns_are_counted_once_and_logged_with_their_cause(
+    served: Any, openai_stub: Any, caplog: Any
+) -> None:
+    """Every way a turn is refused moves `threadline_turns_total` once — whether it is answered
+    before the turn (admission, LangServe), by the receipt check, or inside a stream — and is
+    logged once with its request id, status and cause; an unauthenticated request is no turn."""
+    import logging
+
+    from threadline.observability.logs import RequestIdFilter
+
+    canary = f"canary-{uuid.uuid4().hex[:8]}"
+    caplog.handler.addFilter(RequestIdFilter())
+    caplog.set_level(logging.INFO, logger="threadline.server")
+    reused = {"Idempotency-Key": "once"}
+    async with served("memory", max_message_chars=100, api_keys="key-a:acme") as client:
+        client.headers["Authorization"] = "Bearer key-a"
+
+        async def post(path: str, request_id: str, headers: Any = None, **body: Any) -> int:
+            headers = {"X-Request-Id": request_id, **(headers or {})}
+            response = await client.post(path, headers=headers, **body)
+            return response.status_code
+
+        before = await scrape(client)
+        assert await post("/agent/invoke", "no-json", content=b"{" + canary.encode()) == 422
+        assert await post("/agent/invoke", "too-long", json=turn("t", canary * 10)) == 413
+        assert (
+            await post(
+                "/agent/batch",
+                "same-thread",
+                json={
+                    "inputs": [turn("t", canary)["input"]] * 2,
+                    "config": {"configurable": {"thread_id": "t"}},
+                },
+            )
+            == 422
+        )
+        assert await post("/agent/invoke", "first", reused, json=turn("t", canary)) == 200
+        assert await post("/agent/invoke", "reused", reused, json=turn("t", "other")) == 422
+        streamed = await client.post(
+            "/agent/stream", json=turn("t", "another"), headers={**reused, "X-Request-Id": "s"}
+        )
+        assert '"status_code": 422' in streamed.text  # refused inside the stream
+        assert await post("/chat/invoke", "chat", json={"input": {"messages": []}}) == 422
+        no_key = {"Authorization": "Bearer nope"}
+        assert await post("/agent/invoke", "no-key", no_key, json=turn("t", canary)) == 401
         after = await scrape(client)
 
-    assert moved(before, after, "threadline_turns_total", outcome="ok") == 3
-    assert moved(before, after, "threadline_turns_total", outcome="replayed") == 1
-    assert moved(before, after, "threadline_turns_total", outcome="model_error") == 1
-    assert moved(before, after, "threadline_turns_total", outcome="conflict") == 1
-    assert moved(before, after, "threadline_turn_duration_seconds_count") == 3
-    assert moved(before, after, "threadline_model_duration_seconds_count") == 3 + 1
-    assert moved(before, after, "threadline_context_tokens_count") == 3
-    assert moved(before, after, "threadline_thread_lock_wait_seconds_count") >= 5
-    for (name, labels), _ in after.items():  # bounded labels: no thread, user or text
-        assert "m" not in dict(labels).values() and "three" not in str(labels), name
+    for outcome, times in {"ok": 1, "invalid": 6, "conflict": 0, "error": 0}.items():
+        assert moved(before, after, "threadline_turns_total", outcome=outcome) == times, outcome
+    logged = sorted(
+        (getattr(record, "request_id", None), record.getMessage())
+        for record in caplog.records
+        if record.getMessage().startswith(("turn refused", "turn failed"))
+    )
+    assert logged == [
+        ("chat", "turn refused: 422 invalid, cause check_turn_input"),
+        ("no-json", "turn refused: 422 invalid, cause JSONDecodeError"),
+        ("reused", "turn refused: 422 invalid, cause previous_result"),
+        ("s", "turn refused: 422 invalid, cause previous_result"),
+        ("same-thread", "turn refused: 422 invalid, cause agent_threads"),
+        ("too-long", "turn refused: 413 invalid, cause check_messages"),
+    ], logged
+    assert canary not in caplog.text
 
 
 async def test_metrics_are_behind_the_api_key_unless_published(served: Any) -> None:
@@ -128,61 +277,42 @@ def test_serve_logs_json_lines_with_request_ids_and_no_text(
 
 
 async def test_hot_tier_and_pool_metrics(served: Any) -> None:
+    """Each turn reads its thread's latest checkpoint once: from Redis (a hit), or, for a
+    thread Redis does not hold, from Postgres after Redis (a miss), or with Redis down from
+    Postgres alone (a fallback); and stores one checkpoint."""
     from threadline.dev.services import free_port
 
+    def ops(tier: str, op: str) -> float:
+        labels = {"backend": "tiered", "tier": tier, "op": op}
+        return moved(before, after, "threadline_checkpoint_op_duration_seconds_count", **labels)
+
+    hot = f"hot-{uuid.uuid4().hex[:8]}"  # Redis is shared by the session's tests
     async with served("tiered") as client:
         before = await scrape(client)
         for text in ("one", "two", "three"):
-            assert (await client.post("/agent/invoke", json=turn("hot", text))).status_code == 200
-        assert (await client.get("/threads/hot/history")).status_code == 200
+            assert (await client.post("/agent/invoke", json=turn(hot, text))).status_code == 200
+        assert (await client.get(f"/threads/{hot}/history")).status_code == 200
         after = await scrape(client)
-    assert moved(before, after, "threadline_hot_reads_total", result="hit") >= 2
-    for tier, op in (
-        ("hot", "get"),
-        ("hot", "put"),
-        ("durable", "put"),
-        ("all", "get"),
-        ("all", "list"),
-    ):
-        labels = {"backend": "tiered", "tier": tier, "op": op}
-        assert moved(before, after, "threadline_checkpoint_op_duration_seconds_count", **labels) > 0
+    assert moved(before, after, "threadline_hot_reads_total", result="miss") == 1  # new thread
+    assert moved(before, after, "threadline_hot_reads_total", result="hit") == 2
+    assert moved(before, after, "threadline_hot_reads_total", result="fallback") == 0
+    assert (ops("all", "get"), ops("hot", "get"), ops("durable", "get")) == (3, 3, 1)
+    assert (ops("all", "put"), ops("all", "list")) == (3, 1)
+    assert ops("hot", "put") > 0 and ops("durable", "put") > 0  # the checkpoint and its writes
     assert after[("threadline_pool_connections", (("state", "size"), ("store", "postgres")))] > 0
     assert ("threadline_pool_connections", (("state", "in_use"), ("store", "redis"))) in after
 
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     async with served("tiered", redis_url=dead_redis) as client:
         before = await scrape(client)
-        assert (await client.post("/agent/invoke", json=turn("cold", "hi"))).status_code == 200
+        cold = f"cold-{uuid.uuid4().hex[:8]}"
+        assert (await client.post("/agent/invoke", json=turn(cold, "hi"))).status_code == 200
         after = await scrape(client)
-    assert moved(before, after, "threadline_hot_reads_total", result="fallback") >= 1
+    assert moved(before, after, "threadline_hot_reads_total", result="fallback") == 1
+    assert moved(before, after, "threadline_hot_reads_total", result="hit") == 0
+    assert moved(before, after, "threadline_hot_reads_total", result="miss") == 0
+    assert (ops("all", "get"), ops("durable", "get"), ops("all", "put")) == (1, 1, 1)
     assert after[("threadline_hot_breaker_open", ())] == 1
-
-
-def test_two_workers_report_together(
-    server_process: Any, openai_stub: Any, postgres_db_url: str
-) -> None:
-    server = server_process(
-        {
-            "THREADLINE_CHECKPOINTER": "postgres",
-            "THREADLINE_POSTGRES_URL": postgres_db_url,
-            "THREADLINE_MODEL": "openai:gpt-4o-mini",
-            **openai_stub.env(),
-        },
-        args=("--workers", "2"),
-    )
-    turns = 12
-    with httpx.Client(base_url=server.url, timeout=30) as client:  # new connections: both workers
-        for n in range(turns):
-            response = client.post(
-                "/agent/invoke", json=turn(f"w{n}", "hi"), headers={"Connection": "close"}
-            )
-            assert response.status_code == 200
-        families = text_string_to_metric_families(client.get("/metrics").text)
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples
-    }
-    assert samples[("threadline_turns_total", (("outcome", "ok"),))] == turns
-    assert samples[("threadline_turn_duration_seconds_count", ())] == turns
 
 
 async def test_a_turn_is_one_linked_trace(
@@ -231,9 +361,12 @@ async def test_a_turn_is_one_linked_trace(
     assert chat.attributes["gen_ai.operation.name"] == "chat"
     assert chat.attributes["gen_ai.request.model"] == "gpt-4o-mini"
     assert chat.attributes["gen_ai.usage.input_tokens"] > 0
+    assert chat.attributes["gen_ai.usage.output_tokens"] > 0
     stores = [s for s in spans if s.name.startswith("checkpoint ")]
     assert {s.name for s in stores} >= {"checkpoint get", "checkpoint put"}
     assert all(s.context.trace_id == http.context.trace_id for s in stores)
+    unmarked = [s.name for s in spans if s.attributes.get("threadline.request_id") != "r-7"]
+    assert not unmarked, f"spans without the request id: {unmarked}"
     assert canary not in json.dumps([dict(s.attributes or {}) for s in spans], default=str)
 
 

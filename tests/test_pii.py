@@ -29,6 +29,7 @@ from redis import Redis
 from tests.fixtures.openai_stub import Reply, ToolCall
 from tests.fixtures.server import settings_for
 from tests.test_erasure import postgres_holds, sqlite_holds
+from tests.test_observability import moved, scrape
 from threadline.assembly import make_graph, protector
 from threadline.checkpointers import open_checkpointer
 from threadline.retention.archive import object_name
@@ -243,6 +244,7 @@ async def test_over_http_block_is_a_422_and_titles_are_protected(served: Any) ->
     from tests.test_erasure import turn
 
     async with served("sqlite", pii_strategy="block") as client:
+        before = await scrape(client)
         refused = await client.post("/agent/invoke", json=turn("b", "card 4111 1111 1111 1111"))
         assert refused.status_code == 422 and "credit_card" in refused.text
         assert (await client.get("/threads/b")).status_code == 404
@@ -258,3 +260,7 @@ async def test_over_http_block_is_a_422_and_titles_are_protected(served: Any) ->
         )
         assert renamed.json()["title"] == "for [EMAIL]"
         assert renamed.json()["metadata"] == {"to": "[EMAIL]"}
+        after = await scrape(client)
+    # the stored turn's address, the title's and the metadata's; the refused turn stored none
+    assert moved(before, after, "threadline_pii_detections_total", entity="email") == 3
+    assert moved(before, after, "threadline_turns_total", outcome="invalid") == 1

@@ -3,6 +3,7 @@ serves again on its own once the store is back."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
@@ -12,6 +13,8 @@ import psycopg
 import pytest
 
 from tests.fixtures.server import asgi_client, settings_for
+from tests.test_observability import moved, scrape
+from threadline.observability.logs import RequestIdFilter
 
 
 def turn(text: str) -> dict[str, object]:
@@ -64,26 +67,43 @@ async def client(postgres_db_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_every_route_is_503_while_postgres_is_out_and_recovers(
-    client: httpx.AsyncClient, outage: Outage
+    client: httpx.AsyncClient, outage: Outage, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert (await client.post("/agent/invoke", json=turn("before"))).status_code == 200
+    before = await scrape(client)
+    caplog.handler.addFilter(RequestIdFilter())
+    caplog.set_level(logging.INFO, logger="threadline")
     outage.begin()
+    sent = []
     for method, path, body in [
         ("GET", "/threads/t", None),
         ("GET", "/threads/t/history", None),
         ("DELETE", "/threads/t", None),
         ("POST", "/agent/invoke", turn("during")),
     ]:
-        response = await client.request(method, path, json=body)
+        request_id = f"{method}{path.replace('/', '-')}"
+        sent.append(request_id)
+        response = await client.request(
+            method, path, json=body, headers={"X-Request-Id": request_id}
+        )
         assert response.status_code == 503, (path, response.text)
         assert "unavailable" in response.json()["detail"]
     assert (await client.get("/readyz")).status_code == 503
+    logged = [(getattr(r, "request_id", None), r.name, r.getMessage()) for r in caplog.records]
+    outages = [line for line in logged if line[1] == "threadline.server.outages"]
+    assert outages and all(line[0] in sent for line in outages), outages  # with their ids
+    turns = [(line[0], line[2]) for line in logged if line[2].startswith("turn ")]
+    assert turns == [
+        ("POST-agent-invoke", "turn failed: 503 store_unavailable, cause LockBackendError")
+    ]
 
     outage.end()
     started = time.monotonic()
     while (await client.get("/readyz")).status_code != 200:
         # The pool retries its connections at most a second apart (compat.cap_pool_retry_delays).
         assert time.monotonic() - started < 3, "did not recover"
+    after = await scrape(client)
+    assert moved(before, after, "threadline_turns_total", outcome="store_unavailable") == 1
     assert (await client.post("/agent/invoke", json=turn("after"))).status_code == 200
     thread = (await client.get("/threads/t")).json()
     assert [m["content"] for m in thread["messages"] if m["type"] == "human"] == [

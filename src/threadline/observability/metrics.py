@@ -36,6 +36,10 @@ TURNS = Counter(
     "Turns by outcome: ok, replayed, conflict, invalid, model_error, store_unavailable, error.",
     ["outcome"],
 )
+REPLAYS = Counter(
+    "threadline_idempotent_replays_total",
+    "Retried turns answered from their receipt (also counted as turns, outcome replayed).",
+)
 TURN_DURATION = Histogram(
     "threadline_turn_duration_seconds", "A turn, from admission to stored.", buckets=TURN_SECONDS
 )

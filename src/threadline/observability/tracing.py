@@ -63,6 +63,8 @@ class GraphSpans(AsyncCallbackHandler):
 
         self._trace = trace
         self._root = context.get_current()
+        # LangChain may run callbacks outside the request's context: take its id now
+        self._request_id = REQUEST_ID.get()
         self._spans: dict[UUID, Any] = {}
         self._traced_ancestor: dict[UUID, UUID | None] = {}  # every run → nearest traced run
         self._node_of: dict[UUID, str] = {}
@@ -81,6 +83,8 @@ class GraphSpans(AsyncCallbackHandler):
     ) -> None:
         owner = self._nearest(parent_run_id)
         context = self._trace.set_span_in_context(self._spans[owner]) if owner else self._root
+        if self._request_id:
+            attributes["threadline.request_id"] = self._request_id
         self._spans[run_id] = TRACER.start_span(name, context=context, attributes=attributes)
 
     def _end(self, run_id: UUID, error: BaseException | None = None) -> None:

@@ -18,7 +18,7 @@ from fastapi import HTTPException, Request
 
 from threadline.graph.context import InvalidOverrideError, MemoryPolicy
 from threadline.locks import LockBackendError, ThreadBusyError
-from threadline.observability.metrics import LOCK_WAIT, TURNS
+from threadline.observability.metrics import LOCK_WAIT
 from threadline.privacy.names import CLEAR, ThreadNaming
 from threadline.server.auth import authenticate
 from threadline.server.held import HELD, HeldThreads
@@ -87,11 +87,7 @@ async def turn_held(
     not at all, never keeps its thread (or a lock connection) past its turn. A turn still
     running when its client has gone keeps the threads until it ends."""
     stack = AsyncExitStack()
-    try:
-        await hold_threads(stack, admission, keys)
-    except HTTPException as exc:
-        TURNS.labels(outcome="conflict" if exc.status_code == 409 else "store_unavailable").inc()
-        raise
+    await hold_threads(stack, admission, keys)  # a refusal is counted where it is answered
     released = False
 
     async def release() -> None:

@@ -27,7 +27,12 @@ from threadline.observability.tracing import asgi_middleware, enable_tracing
 from threadline.privacy.id_migration import count_readable_threads
 from threadline.privacy.names import ThreadNaming
 from threadline.retention import Sweeper, ThreadKeeper, open_archive
-from threadline.server.admission import Admission, admit_agent_turns, agent_config
+from threadline.server.admission import (
+    TURN_ENDPOINTS,
+    Admission,
+    admit_agent_turns,
+    agent_config,
+)
 from threadline.server.auth import ApiKeys, require_tenant, warn_if_open
 from threadline.server.chat import (
     CHAT_PATH,
@@ -42,6 +47,7 @@ from threadline.server.docs import add_protected_docs
 from threadline.server.limits import Limits
 from threadline.server.openapi import documented_openapi
 from threadline.server.outages import install_outage_handlers
+from threadline.server.refusals import install_refusal_handlers
 from threadline.server.request_ids import RequestIds
 from threadline.server.serving import Serving, ServingSlot
 from threadline.server.streams import EndFailedStreams
@@ -164,10 +170,11 @@ def create_app(settings: Settings | None = None, *, tracer_provider: Any = None)
     if settings.otel or tracer_provider is not None:
         middleware, options = asgi_middleware(enable_tracing(tracer_provider))
         app.add_middleware(middleware, **options)
-    app.add_middleware(RequestIds)  # outermost: the id exists before any span or log line
     app.add_middleware(EndFailedStreams)
     app.add_middleware(BodyDeadline, seconds=settings.body_timeout_seconds)
+    app.add_middleware(RequestIds)  # added last, so outermost: the id is on every span and line
     install_outage_handlers(app)
+    install_refusal_handlers(app, (AGENT_PATH, CHAT_PATH), TURN_ENDPOINTS)
 
     metrics_guard = [] if settings.metrics_public else [Depends(require_tenant)]
 

@@ -28,7 +28,7 @@ from threadline.checkpointers.records import ARCHIVED
 from threadline.graph.context import InvalidOverrideError
 from threadline.graph.memory import BudgetTooSmallError
 from threadline.observability import tracing
-from threadline.observability.metrics import TURN_DURATION, TURNS, observe_telemetry
+from threadline.observability.metrics import REPLAYS, TURN_DURATION, TURNS, observe_telemetry
 from threadline.observability.model_timer import ModelTimer
 from threadline.observability.tracing import GraphSpans, span
 from threadline.privacy import Protector
@@ -37,8 +37,8 @@ from threadline.retention import ThreadKeeper
 from threadline.rules import MIN_CONTEXT_TOKENS, Strategy
 from threadline.server.held import release_turn, running_turn
 from threadline.server.idempotency import previous_result, turn_receipts
-from threadline.server.outages import STORE_ERRORS
 from threadline.server.ownership import RecordOut, check_turn_owner, records_of, turn_record
+from threadline.server.refusals import failures_counted
 from threadline.server.responses import ReplyChunk, TurnOutput, TurnOutputSchema, turn_output
 from threadline.server.staged import StagedSaver
 
@@ -86,32 +86,13 @@ class ThreadArchivedError(Exception):
     """A turn was sent to an archived thread."""
 
 
-OUTCOMES = {409: "conflict", 413: "invalid", 422: "invalid", 502: "model_error"}
-
-
 @contextlib.contextmanager
 def counted_turn() -> Iterator[None]:
     """Count the turn by outcome and time it; a refused or failed one is logged with its
     cause (never its text)."""
     started = time.perf_counter()
-    try:
-        with span("turn"):
-            yield
-    except HTTPException as exc:
-        outcome = OUTCOMES.get(
-            exc.status_code, "store_unavailable" if exc.status_code == 503 else "error"
-        )
-        TURNS.labels(outcome=outcome).inc()
-        log.info("turn refused: %s (%s)", exc.status_code, outcome)
-        raise
-    except STORE_ERRORS as exc:
-        TURNS.labels(outcome="store_unavailable").inc()
-        log.warning("turn failed: a store is unavailable (%s)", type(exc).__name__)
-        raise
-    except Exception as exc:
-        TURNS.labels(outcome="error").inc()
-        log.warning("turn failed: %s", type(exc).__name__)
-        raise
+    with failures_counted(), span("turn"):
+        yield
     TURNS.labels(outcome="ok").inc()
     TURN_DURATION.observe(time.perf_counter() - started)
 
@@ -169,11 +150,14 @@ class TurnRunner:
         self._turns: set[asyncio.Future[None]] = set()  # streamed turns still running
 
     async def previous(self, input: Any, config: RunnableConfig) -> dict[str, Any] | None:
-        """The first result of a retried turn (None for a new turn); 404 for a non-owner."""
-        await check_turn_owner(self.graph.checkpointer, config)
-        found = await previous_result(self.graph, config, input)
+        """The first result of a retried turn (None for a new turn); 404 for a non-owner, 422
+        for a key reused on another request (counted here: in a stream they reach no handler)."""
+        with failures_counted():
+            await check_turn_owner(self.graph.checkpointer, config)
+            found = await previous_result(self.graph, config, input)
         if found is not None:
             TURNS.labels(outcome="replayed").inc()
+            REPLAYS.inc()
         return found
 
     def _staged(self, config: RunnableConfig, input: Any) -> tuple[Any, StagedSaver, Any]:
@@ -251,8 +235,9 @@ class TurnRunner:
         the thread does not hold. If storing fails, the stream raises and ends with an error
         event instead.
         """
-        graph, staged, receipts = self._staged(config, input)
-        screened = self.screened(input)
+        with failures_counted():  # a refusal here is inside the stream: no handler sees it
+            graph, staged, receipts = self._staged(config, input)
+            screened = self.screened(input)
         chunks: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
         wanted = kwargs.pop("stream_mode", "values")
