@@ -900,7 +900,8 @@ class RedisCluster:
     """A Redis Cluster on loopback: three masters and three replicas (one each), no modules.
 
     Each node is a `RedisServer` with cluster mode on; `redis-cli --cluster create` assigns
-    the slots. `kill_master(n)` SIGKILLs a master so that its replica is promoted.
+    the slots. `masters()` says which nodes are masters now (a test SIGKILLs one of them to
+    have its replica promoted).
     """
 
     def __init__(self, ports: list[int], data_dir: Path) -> None:
@@ -948,7 +949,14 @@ class RedisCluster:
         """The nodes that are masters now (a failover changes which)."""
         found = []
         for node in self.nodes:
-            client = redis.Redis(host=HOST, port=node.port, socket_timeout=0.5)
+            # No retries: a dead node answers nothing, and backing off on it would stall callers.
+            client = redis.Redis(
+                host=HOST,
+                port=node.port,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
+                retry=None,
+            )
             try:
                 if client.info("replication").get("role") == "master":
                     found.append(node)
