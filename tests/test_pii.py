@@ -9,6 +9,7 @@ export and the logs are searched for each value.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import json
@@ -82,6 +83,18 @@ def inflated(value: bytes) -> list[bytes]:
     return out
 
 
+def decoded_strings(document: Any) -> list[bytes]:
+    """Every string in a JSON document that is base64, decoded."""
+    if isinstance(document, dict):
+        return [b for v in document.values() for b in decoded_strings(v)]
+    if isinstance(document, list):
+        return [b for v in document for b in decoded_strings(v)]
+    if isinstance(document, str) and len(document) >= 8:
+        with contextlib.suppress(ValueError):
+            return [base64.b64decode(document, validate=True)]
+    return []
+
+
 def redis_values(url: str) -> list[bytes]:
     client = Redis.from_url(url)
     values: list[bytes] = []
@@ -94,7 +107,9 @@ def redis_values(url: str) -> list[bytes]:
         elif kind == "zset":
             values += client.zrange(key, 0, -1)
         elif kind == "ReJSON-RL":
-            values.append(json.dumps(client.json().get(key)).encode())
+            document = client.json().get(key)
+            values.append(json.dumps(document).encode())
+            values += decoded_strings(document)  # the stock saver's blobs are base64 in JSON
         else:
             values.append(client.dump(key) or b"")
     return [v for value in values for v in inflated(value)]
@@ -264,3 +279,24 @@ async def test_over_http_block_is_a_422_and_titles_are_protected(served: Any) ->
     # the stored turn's address, the title's and the metadata's; the refused turn stored none
     assert moved(before, after, "threadline_pii_detections_total", entity="email") == 3
     assert moved(before, after, "threadline_turns_total", outcome="invalid") == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_search_finds_the_values_when_protection_is_off(
+    backend: str, backend_stores: Any, openai_stub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control of the canary search above: the same turn stored without protection leaves
+    every value where the search looks (in clear: no key is set)."""
+    for name, value in openai_stub.env().items():
+        monkeypatch.setenv(name, value)
+    VALUES.clear()
+    VALUES.update(canaries())
+    settings = settings_for(
+        model="openai:gpt-4o-mini", checkpointer=backend, **backend_stores[backend]
+    ).check()
+    config: Any = {"configurable": {"thread_id": f"pii-off-{uuid.uuid4().hex[:8]}"}}
+    text = " ".join(f"{name} {value}" for name, value in VALUES.items())
+    async with agent(settings) as (runner, _):
+        await runner.invoke({"messages": [HumanMessage(text)]}, config)
+    for name, value in VALUES.items():
+        assert found_in_stores(backend, backend_stores, value), name
