@@ -55,6 +55,18 @@ def first_write(conn: psycopg.Connection[Any], thread_id: str) -> tuple[Any, ...
     return tuple(row)
 
 
+def copy_first_write(postgres_url: str, source: str, target: str) -> None:
+    """The source thread's first transcript write, copied in SQL onto the target's."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        *_, type_tag, blob = first_write(conn, source)
+        checkpoint_id, task_id, idx, *_ = first_write(conn, target)
+        conn.execute(
+            "UPDATE checkpoint_writes SET type = %s, blob = %s WHERE thread_id = %s"
+            " AND checkpoint_id = %s AND task_id = %s AND idx = %s",
+            (type_tag, blob, target, checkpoint_id, task_id, idx),
+        )
+
+
 def blob_versions(conn: psycopg.Connection[Any], thread_id: str, channel: str) -> list[str]:
     rows = conn.execute(
         "SELECT version FROM checkpoint_blobs WHERE thread_id = %s AND channel = %s"
@@ -71,14 +83,7 @@ async def test_a_value_copied_to_another_thread_in_sql_is_refused(
     serde = make_serializer(KEY if encrypted else None)
     async with open_durable(serde=serde) as saver:
         graph, first, second = await two_threads(saver)
-        with psycopg.connect(postgres_db_url, autocommit=True) as conn:
-            *_, type_tag, blob = first_write(conn, thread_of(first))
-            checkpoint_id, task_id, idx, *_ = first_write(conn, thread_of(second))
-            conn.execute(
-                "UPDATE checkpoint_writes SET type = %s, blob = %s WHERE thread_id = %s"
-                " AND checkpoint_id = %s AND task_id = %s AND idx = %s",
-                (type_tag, blob, thread_of(second), checkpoint_id, task_id, idx),
-            )
+        copy_first_write(postgres_db_url, thread_of(first), thread_of(second))
         saver.delta_histories.forget_thread(thread_of(second))
         if encrypted:
             with pytest.raises(MisplacedValueError, match="does not belong"):
@@ -265,14 +270,7 @@ async def test_unbound_rows_still_read_and_keys_rotate_binds_them(
         assert cipher_names(postgres_db_url) == {ring.current_name}
         assert (await graph.aget_state(first)).values == before
         await take_turns(graph, first, ["after the migration"])
-    with psycopg.connect(postgres_db_url, autocommit=True) as conn:  # bound now: copies fail
-        *_, type_tag, blob = first_write(conn, thread_of(first))
-        checkpoint_id, task_id, idx, *_ = first_write(conn, thread_of(second))
-        conn.execute(
-            "UPDATE checkpoint_writes SET type = %s, blob = %s WHERE thread_id = %s"
-            " AND checkpoint_id = %s AND task_id = %s AND idx = %s",
-            (type_tag, blob, thread_of(second), checkpoint_id, task_id, idx),
-        )
+    copy_first_write(postgres_db_url, thread_of(first), thread_of(second))  # bound now
     async with open_durable(serde=make_serializer(KEY)) as saver:
         with pytest.raises(MisplacedValueError):
             await offline_agent(saver).aget_state(second)
