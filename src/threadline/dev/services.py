@@ -955,7 +955,7 @@ class RedisCluster:
                 port=node.port,
                 socket_timeout=0.5,
                 socket_connect_timeout=0.5,
-                retry=None,
+                retry=Retry(NoBackoff(), 0),
             )
             try:
                 if client.info("replication").get("role") == "master":
