@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage
@@ -18,6 +19,7 @@ from langchain_core.messages import HumanMessage
 from tests.fixtures.openai_stub import OpenAIStub
 from threadline.assembly import make_graph
 from threadline.checkpointers import open_checkpointer
+from threadline.dev.services import DYNAMODB_LOCAL_CREDENTIALS
 from threadline.settings import Settings
 
 FACTS = [
@@ -30,9 +32,10 @@ THREADLINE = str(Path(sys.executable).parent / "threadline")
 
 
 def backend_settings(
-    backend: str, tmp_path: Path, postgres_db_url: str, redis_url: str
+    backend: str, tmp_path: Path, postgres_db_url: str, redis_url: str, request: Any = None
 ) -> dict[str, str]:
-    """The THREADLINE_* variables that select this backend."""
+    """The THREADLINE_* (and for the cloud stores' emulators, their own) variables that
+    select this backend."""
     env = {"THREADLINE_CHECKPOINTER": backend, "THREADLINE_MODEL": "openai:gpt-4o-mini"}
     if backend == "sqlite":
         env["THREADLINE_SQLITE_PATH"] = str(tmp_path / "threads.sqlite")
@@ -40,11 +43,23 @@ def backend_settings(
         env["THREADLINE_POSTGRES_URL"] = postgres_db_url
     if backend == "redis":
         env["THREADLINE_REDIS_URL"] = redis_url
+    if backend == "dynamodb":  # its server starts only for the tests that ask for it
+        env["THREADLINE_DYNAMODB_ENDPOINT_URL"] = request.getfixturevalue("dynamodb_endpoint")
+        env["THREADLINE_DYNAMODB_TABLE"] = f"persist-{uuid.uuid4().hex[:8]}"
+        env.update(DYNAMODB_LOCAL_CREDENTIALS)
+    if backend == "firestore":
+        env["FIRESTORE_EMULATOR_HOST"] = request.getfixturevalue("firestore_host")
+        env["THREADLINE_FIRESTORE_PROJECT"] = "threadline-test"
+        env["THREADLINE_FIRESTORE_COLLECTION"] = f"persist{uuid.uuid4().hex[:8]}"
     return env
 
 
 def settings_from(env: dict[str, str]) -> Settings:
-    values = {key.removeprefix("THREADLINE_").lower(): value for key, value in env.items()}
+    values = {
+        key.removeprefix("THREADLINE_").lower(): value
+        for key, value in env.items()
+        if key.startswith("THREADLINE_")
+    }
     return Settings(**values)  # type: ignore[arg-type]
 
 
@@ -52,7 +67,9 @@ def user_texts(stub: OpenAIStub) -> list[str]:
     return stub.last_request.texts("user")
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite", "postgres", "redis"])
+@pytest.mark.parametrize(
+    "backend", ["memory", "sqlite", "postgres", "redis", "dynamodb", "firestore"]
+)
 async def test_thread_survives_a_new_saver(
     backend: str,
     tmp_path: Path,
@@ -60,10 +77,12 @@ async def test_thread_survives_a_new_saver(
     redis_url: str,
     openai_stub: OpenAIStub,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
-    for key, value in openai_stub.env().items():
-        monkeypatch.setenv(key, value)
-    env = backend_settings(backend, tmp_path, postgres_db_url, redis_url)
+    env = backend_settings(backend, tmp_path, postgres_db_url, redis_url, request)
+    for key, value in {**openai_stub.env(), **env}.items():
+        if not key.startswith("THREADLINE_"):
+            monkeypatch.setenv(key, value)
     settings = settings_from(env)
     thread_id = f"persist-{backend}-{uuid.uuid4().hex[:8]}"  # Redis is shared by the session
     config = {"configurable": {"thread_id": thread_id}}
@@ -79,7 +98,7 @@ async def test_thread_survives_a_new_saver(
             again = make_graph(saver, settings)
             await again.ainvoke({"messages": [HumanMessage(FOLLOW_UP)]}, config)
 
-    if backend in ("sqlite", "postgres"):
+    if backend in ("sqlite", "postgres", "dynamodb", "firestore"):
         result = subprocess.run(
             [THREADLINE, "chat", thread_id],
             input=f"{FOLLOW_UP}\n",

@@ -19,6 +19,7 @@ import pytest
 
 from tests.fixtures.openai_stub import OpenAIStub
 from tests.fixtures.server import THREADLINE, ServerProcessFactory
+from threadline.dev.services import DYNAMODB_LOCAL_CREDENTIALS
 
 MODEL_DELAY_SECONDS = 0.3
 LOCK_WAIT_SECONDS = 1.5
@@ -49,15 +50,28 @@ def contents(messages: list[dict]) -> list[str]:
     return [m["content"] for m in messages]
 
 
-@pytest.mark.parametrize("backend", ["postgres", "tiered"])
+@pytest.mark.parametrize("backend", ["postgres", "tiered", "dynamodb", "firestore"])
 async def test_twenty_concurrent_turns_on_two_servers(
     backend: str,
     server_process: ServerProcessFactory,
     openai_stub: OpenAIStub,
     postgres_db_url: str,
     plain_redis_url: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     env = backend_env(backend, postgres_db_url, plain_redis_url, openai_stub)
+    if backend == "dynamodb":  # the lock is a conditional-write lease in the table
+        env.update(
+            THREADLINE_DYNAMODB_ENDPOINT_URL=request.getfixturevalue("dynamodb_endpoint"),
+            THREADLINE_DYNAMODB_TABLE=f"crowded-{uuid.uuid4().hex[:8]}",
+            **DYNAMODB_LOCAL_CREDENTIALS,
+        )
+    if backend == "firestore":  # the lock is a lease document taken with preconditions
+        env.update(
+            FIRESTORE_EMULATOR_HOST=request.getfixturevalue("firestore_host"),
+            THREADLINE_FIRESTORE_PROJECT="threadline-test",
+            THREADLINE_FIRESTORE_COLLECTION=f"crowded{uuid.uuid4().hex[:8]}",
+        )
     servers = [server_process(env, ready=False) for _ in range(2)]
     for server in servers:
         server.wait_ready()

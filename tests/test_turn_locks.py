@@ -9,13 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 from tests.fixtures.server import settings_for
-from threadline.locks import ThreadBusyError, TurnLocks, open_turn_locks
+from threadline import locks
+from threadline.checkpointers.dynamodb.table import Table
+from threadline.dev.services import dynamodb_client
+from threadline.locks import (
+    DynamoDBTurnLocks,
+    FirestoreTurnLocks,
+    ThreadBusyError,
+    TurnLocks,
+    open_turn_locks,
+)
 
 TURNS = 40
 
@@ -102,3 +112,66 @@ async def test_a_lost_session_is_replaced_and_its_holder_finishes(postgres_db_ur
         async with locks.hold(["lost"], 1.0):  # a new session
             [new_pid] = await asyncio.to_thread(advisory_holders, postgres_db_url)
         assert new_pid != pid
+
+
+async def test_dynamodb_leases_exclude_other_processes_and_lapse_when_the_holder_dies(
+    dynamodb_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes' locks on one table (two clients); a holder that died without releasing
+    (its lease never renewed) keeps the thread only until the lease lapses."""
+    table = f"locks-{uuid.uuid4().hex[:8]}"
+    Table(dynamodb_client(dynamodb_endpoint), table).create()
+    monkeypatch.setattr(locks, "DYNAMODB_LEASE_SECONDS", 3.0)
+    first, second = (DynamoDBTurnLocks(dynamodb_client(dynamodb_endpoint), table) for _ in range(2))
+    async with first.hold(["t1"], 1.0):
+        with pytest.raises(ThreadBusyError):
+            async with second.hold(["t1"], 0.3):
+                pass
+        async with second.hold(["t2"], 0.3):  # other threads are free
+            pass
+        await asyncio.sleep(4.0)  # renewed past its first lease: still held
+        with pytest.raises(ThreadBusyError):
+            async with second.hold(["t1"], 0.3):
+                pass
+    async with second.hold(["t1"], 0.3):  # released
+        pass
+    dead = {"pk": {"S": "l#t3"}, "sk": {"S": "lock"}}
+    assert first._try_take(dead, "a-process-that-died")  # taken, then never renewed
+    started = time.monotonic()
+    async with second.hold(["t3"], 8.0):
+        waited = time.monotonic() - started
+    assert 1.0 < waited < 6.0
+
+
+async def test_firestore_leases_exclude_other_processes_and_lapse_when_the_holder_dies(
+    firestore_host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.cloud.firestore import AsyncClient
+
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
+    monkeypatch.setattr(locks, "FIRESTORE_LEASE_SECONDS", 3.0)
+    prefix = f"locks{uuid.uuid4().hex[:8]}"
+    clients = [AsyncClient(project="threadline-test") for _ in range(2)]
+    first, second = (FirestoreTurnLocks(client, prefix) for client in clients)
+    try:
+        async with first.hold(["t1"], 1.0):
+            with pytest.raises(ThreadBusyError):
+                async with second.hold(["t1"], 0.3):
+                    pass
+            async with second.hold(["t2"], 0.3):  # other threads are free
+                pass
+            await asyncio.sleep(4.0)  # renewed past its first lease: still held
+            with pytest.raises(ThreadBusyError):
+                async with second.hold(["t1"], 0.3):
+                    pass
+        async with second.hold(["t1"], 0.3):  # released
+            pass
+        dead = clients[0].collection(f"{prefix}_locks").document("t3")
+        assert await first._try_take(dead, "a-process-that-died")  # never renewed
+        started = time.monotonic()
+        async with second.hold(["t3"], 8.0):
+            waited = time.monotonic() - started
+        assert 1.0 < waited < 6.0
+    finally:
+        for client in clients:
+            client.close()

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
@@ -25,6 +26,10 @@ from threadline.settings import Settings
 log = logging.getLogger("threadline.server")
 
 REDIS_LEASE_SECONDS = 30.0
+DYNAMODB_LEASE_SECONDS = 30.0
+DYNAMODB_MAX_POLL_SECONDS = 0.2
+FIRESTORE_LEASE_SECONDS = 30.0
+FIRESTORE_MAX_POLL_SECONDS = 0.2
 POLL_SECONDS = 0.02  # a busy thread's waiter asks again this often (Postgres and Redis)
 CONNECT_TIMEOUT_SECONDS = 5
 TRY_LOCK_SQL = (
@@ -324,6 +329,215 @@ class RedisTurnLocks(_OneLockPerKey):
         await self._client.ping()
 
 
+class DynamoDBTurnLocks(_OneLockPerKey):
+    """A lease item per thread in the saver's DynamoDB table (`l#<key>`): taken by a
+    conditional put that succeeds only if no live lease exists, renewed while the turn runs,
+    deleted by its owner; it expires if the holder dies (leases use each host's clock)."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._client = client
+        self._table = table
+
+    @asynccontextmanager
+    async def _hold_one(self, key: str, deadline: float) -> AsyncIterator[None]:
+        item_key = {"pk": {"S": f"l#{key}"}, "sk": {"S": "lock"}}
+        owner = uuid.uuid4().hex
+        wait = POLL_SECONDS
+        while not await self._call(self._try_take, item_key, owner):
+            if time.monotonic() >= deadline:
+                raise ThreadBusyError(key)
+            await asyncio.sleep(min(wait, _remaining(deadline)))
+            wait = min(wait * 2, DYNAMODB_MAX_POLL_SECONDS)  # requests are billed: back off
+        renewal = asyncio.create_task(self._renew(item_key, owner))
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewal
+                try:
+                    await self._call(self._release, item_key, owner)
+                except LockBackendError as exc:
+                    log.warning("could not release a thread lock (it will expire): %s", exc)
+
+    async def _call(self, operation: Any, *args: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await asyncio.to_thread(operation, *args)
+        except (BotoCoreError, ClientError) as exc:
+            raise LockBackendError(f"DynamoDB unavailable for the thread lock: {exc}") from None
+
+    def _try_take(self, item_key: dict[str, Any], owner: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        now = time.time()
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={**item_key, **self._lease(owner, now)},
+                ConditionExpression="attribute_not_exists(pk) OR lease_until < :now",
+                ExpressionAttributeValues={":now": {"N": str(int(now * 1000))}},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _lease(owner: str, now: float) -> dict[str, Any]:
+        until = now + DYNAMODB_LEASE_SECONDS
+        return {
+            "kind": {"S": "lock"},
+            "owner": {"S": owner},
+            "lease_until": {"N": str(int(until * 1000))},
+            "expires": {"N": str(int(until) + 3600)},  # the table's TTL tidies up after
+        }
+
+    async def _renew(self, item_key: dict[str, Any], owner: str) -> None:
+        while True:
+            await asyncio.sleep(DYNAMODB_LEASE_SECONDS / 3)
+            try:
+                await self._call(self._extend, item_key, owner)
+            except LockBackendError as exc:
+                log.warning("could not renew a thread lock: %s", exc)
+
+    def _extend(self, item_key: dict[str, Any], owner: str) -> None:
+        lease = self._lease(owner, time.time())
+        self._client.update_item(
+            TableName=self._table,
+            Key=item_key,
+            UpdateExpression="SET lease_until = :until, expires = :expires",
+            ConditionExpression="#owner = :owner",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={
+                ":until": lease["lease_until"],
+                ":expires": lease["expires"],
+                ":owner": {"S": owner},
+            },
+        )
+
+    def _release(self, item_key: dict[str, Any], owner: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.delete_item(
+                TableName=self._table,
+                Key=item_key,
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": {"S": owner}},
+            )
+        except ClientError as exc:  # taken over after our lease lapsed: nothing to release
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+    def setup_guard(self) -> AbstractAsyncContextManager[None]:
+        # The leases live in the table setup creates; creating it is safe to race.
+        return contextlib.nullcontext()
+
+    async def ping(self) -> None:
+        await self._call(lambda: self._client.describe_table(TableName=self._table))
+
+
+class FirestoreTurnLocks(_OneLockPerKey):
+    """A lease document per thread (`<prefix>_locks/<key>`): created if absent, or taken over
+    once lapsed with the read's update time as precondition (so two takers never both win),
+    renewed while the turn runs, deleted by its owner; it expires if the holder dies."""
+
+    def __init__(self, client: Any, collection_prefix: str) -> None:
+        self._client = client
+        self._locks = client.collection(f"{collection_prefix}_locks")
+
+    @asynccontextmanager
+    async def _hold_one(self, key: str, deadline: float) -> AsyncIterator[None]:
+        from urllib.parse import quote
+
+        doc = self._locks.document(quote(key, safe=""))
+        owner = uuid.uuid4().hex
+        wait = POLL_SECONDS
+        while not await self._guarded(self._try_take(doc, owner)):
+            if time.monotonic() >= deadline:
+                raise ThreadBusyError(key)
+            await asyncio.sleep(min(wait, _remaining(deadline)))
+            wait = min(wait * 2, FIRESTORE_MAX_POLL_SECONDS)  # requests are billed: back off
+        renewal = asyncio.create_task(self._renew(doc, owner))
+        try:
+            yield
+        finally:
+            renewal.cancel()
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewal
+                try:
+                    await self._guarded(self._change(doc, owner, delete=True))
+                except LockBackendError as exc:
+                    log.warning("could not release a thread lock (it will expire): %s", exc)
+
+    @staticmethod
+    async def _guarded(call: Any) -> Any:
+        from google.api_core.exceptions import GoogleAPIError
+
+        try:
+            return await call
+        except GoogleAPIError as exc:
+            raise LockBackendError(f"Firestore unavailable for the thread lock: {exc}") from None
+
+    @staticmethod
+    def _lease(owner: str) -> dict[str, Any]:
+        return {"owner": owner, "lease_until": time.time() + FIRESTORE_LEASE_SECONDS}
+
+    async def _try_take(self, doc: Any, owner: str) -> bool:
+        from google.api_core.exceptions import AlreadyExists, FailedPrecondition
+
+        try:
+            await doc.create(self._lease(owner))
+            return True
+        except AlreadyExists:
+            pass
+        found = await doc.get()
+        if not found.exists:  # released meanwhile: the next try creates it
+            return False
+        if (found.to_dict() or {}).get("lease_until", 0) >= time.time():
+            return False
+        option = self._client.write_option(last_update_time=found.update_time)
+        try:
+            await doc.update(self._lease(owner), option=option)
+        except FailedPrecondition:  # another taker won the lapsed lease
+            return False
+        return True
+
+    async def _change(self, doc: Any, owner: str, *, delete: bool = False) -> None:
+        """Renew (or delete) the lease if it is still ours."""
+        from google.api_core.exceptions import FailedPrecondition, NotFound
+
+        found = await doc.get()
+        if not found.exists or (found.to_dict() or {}).get("owner") != owner:
+            return  # lapsed and taken over: nothing of ours to change
+        option = self._client.write_option(last_update_time=found.update_time)
+        with contextlib.suppress(FailedPrecondition, NotFound):
+            if delete:
+                await doc.delete(option=option)
+            else:
+                await doc.update(self._lease(owner), option=option)
+
+    async def _renew(self, doc: Any, owner: str) -> None:
+        while True:
+            await asyncio.sleep(FIRESTORE_LEASE_SECONDS / 3)
+            try:
+                await self._guarded(self._change(doc, owner))
+            except LockBackendError as exc:
+                log.warning("could not renew a thread lock: %s", exc)
+
+    def setup_guard(self) -> AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()  # Firestore has nothing to set up
+
+    async def ping(self) -> None:
+        await self._guarded(self._locks.document("ping").get())
+
+
 @asynccontextmanager
 async def open_turn_locks(settings: Settings) -> AsyncIterator[TurnLocks]:
     """The lock that matches the checkpointer: shared wherever the threads are shared."""
@@ -344,5 +558,21 @@ async def open_turn_locks(settings: Settings) -> AsyncIterator[TurnLocks]:
             yield RedisTurnLocks(client)
         finally:
             await client.aclose()
+    elif kind == "dynamodb":
+        from threadline.checkpointers.dynamodb import dynamodb_client
+
+        client = dynamodb_client(settings.dynamodb_endpoint_url)
+        try:
+            yield DynamoDBTurnLocks(client, settings.dynamodb_table)
+        finally:
+            client.close()
+    elif kind == "firestore":
+        from google.cloud.firestore import AsyncClient
+
+        client = AsyncClient(project=settings.firestore_project)
+        try:
+            yield FirestoreTurnLocks(client, settings.firestore_collection)
+        finally:
+            client.close()
     else:
         yield LocalTurnLocks()

@@ -17,7 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from threadline.durations import parse_duration
 from threadline.rules import MIN_CONTEXT_TOKENS, Strategy, summary_ratios_problem
 
-CheckpointerKind = Literal["memory", "sqlite", "postgres", "redis", "tiered"]
+CheckpointerKind = Literal[
+    "memory", "sqlite", "postgres", "redis", "tiered", "dynamodb", "firestore"
+]
 TtlStrategy = Literal["delete", "keep_latest", "archive"]
 PiiStrategy = Literal["off", "redact", "mask", "hash", "block"]
 PII_ENTITIES = "email,phone,credit_card,iban,ip,us_ssn,secret"
@@ -72,6 +74,14 @@ class Settings(BaseSettings):
     # Redis connections per process (per node on a cluster); a call past them waits.
     redis_pool_size: int = Field(default=256, ge=1)
     redis_timeout_seconds: float = Field(default=0.1, gt=0)
+    # DynamoDB: one table (created if missing); region and credentials from the standard AWS
+    # variables; the endpoint only for DynamoDB Local or a VPC endpoint.
+    dynamodb_table: str = "threadline"
+    dynamodb_endpoint_url: str | None = None
+    # Firestore: the project (unset: Google's default credentials say) and a prefix for the
+    # collections; the emulator through the standard FIRESTORE_EMULATOR_HOST.
+    firestore_project: str | None = None
+    firestore_collection: str = "threadline"
     aes_key: SecretStr | None = None
     # Several keys with ids, `new:KEY2,old:KEY1`: the first encrypts, all decrypt
     # (`threadline keys rotate` re-encrypts everything under the first). Instead of aes_key.

@@ -45,6 +45,23 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
             sqlite_saver = SqliteSaver(conn, serde=serde)
             await sqlite_saver.setup()
             yield sqlite_saver
+    elif kind == "dynamodb":
+        from threadline.checkpointers.dynamodb import DynamoDBSaver
+
+        async with DynamoDBSaver.from_settings(
+            settings.dynamodb_table,
+            endpoint_url=settings.dynamodb_endpoint_url,
+            serde=serde,
+            history_cache_bytes=settings.history_cache_mb * 1024 * 1024,
+        ) as dynamodb_saver:
+            yield dynamodb_saver
+    elif kind == "firestore":
+        from threadline.checkpointers.firestore import FirestoreSaver
+
+        async with FirestoreSaver.from_settings(
+            settings.firestore_project, settings.firestore_collection, serde=serde
+        ) as firestore_saver:
+            yield firestore_saver
     elif kind == "postgres":
         from threadline.checkpointers.durable import DurablePostgresSaver
 

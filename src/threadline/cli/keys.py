@@ -39,6 +39,12 @@ def keys_rotate(
     settings = load_settings(model=False)
     if settings.aes_keys is None and settings.aes_key is None:
         raise fail("nothing is encrypted: set THREADLINE_AES_KEYS=new:KEY2,old:KEY1 first")
+    if settings.checkpointer in ("dynamodb", "firestore"):
+        raise fail(
+            "threadline keys rotate re-encrypts SQL stores (postgres, tiered, sqlite); on "
+            f"{settings.checkpointer} keep every key in THREADLINE_AES_KEYS: values under any of "
+            "them read"
+        )
     from rich.progress import Progress
 
     from threadline.assembly import thread_naming
