@@ -26,6 +26,7 @@ from threadline.checkpointers.places import checkpoint_place
 from threadline.checkpointers.rotation import POSTGRES_TYPED_TABLES, rotate, stale_rows
 from threadline.checkpointers.serde import KeyRing, MisplacedValueError, make_serializer
 from threadline.checkpointers.sqlite import SqliteSaver
+from threadline.retention.archive import ArchiveError, object_name
 from threadline.server.turns import TurnRunner
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -334,3 +335,33 @@ async def test_a_value_copied_to_another_thread_in_sqlite_is_refused(
         else:
             state = await graph.aget_state(second)
             assert "secret plan" in state.values["messages"][0].content
+
+
+async def test_an_archive_object_copied_under_another_thread_is_not_restored(
+    backend_stores: Any, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    settings = settings_for(
+        aes_key=KEY,
+        checkpointer="postgres",
+        model="fake",
+        archive_url=f"file://{archive}",
+        **backend_stores["postgres"],
+    )
+    keys = [f"h.archived-{n}-{uuid.uuid4().hex[:6]}" for n in range(2)]
+    async with open_keeper(settings) as (keeper, _):
+        runner = TurnRunner(keeper.graph, keeper=keeper)
+        for key in keys:
+            await runner.invoke(
+                {"messages": [HumanMessage(f"the plan of {key}")]},
+                {"configurable": {"thread_id": key}},
+            )
+            record = await keeper.records.aget_thread_record(key)
+            assert record is not None and await keeper.archive_thread(record)
+        first, second = (archive / object_name(key) for key in keys)
+        second.write_bytes(first.read_bytes())  # the first thread's object, as the second's
+        with pytest.raises(ArchiveError):
+            await keeper.restore(keys[1])
+        await keeper.restore(keys[0])  # in its place it restores
+        state = await keeper.graph.aget_state({"configurable": {"thread_id": keys[0]}})
+        assert state.values["messages"][0].content == f"the plan of {keys[0]}"

@@ -176,7 +176,7 @@ async def test_an_archive_is_encrypted_and_restores_whole_from_s3(
         assert list(objects) == [f"archive/{object_name(key)}"]
         stored = next(iter(objects.values()))
         assert canary.encode() not in stored and b"my " not in stored
-        assert b'"type": "bytes+aes"' in stored.split(b"\n")[1]
+        assert b'"type": "bytes+aesb-' in stored.split(b"\n")[1]  # encrypted, bound
         assert ArchivedThread.unseal(stored, d.keeper.serde).values == before  # with the key
         await d.keeper.restore(key)
         assert await d.values(key) == before

@@ -54,7 +54,12 @@ def keys_rotate(
     from threadline.checkpointers.serde import UnknownKeyError
     from threadline.checkpointers.tiered import TieredSaver
     from threadline.privacy.id_migration import count_readable_threads, move_to_hashed_ids
-    from threadline.retention.archive import object_name, open_archive, reseal_all
+    from threadline.retention.archive import (
+        ArchivedThread,
+        object_name,
+        open_archive,
+        reseal_all,
+    )
 
     naming = thread_naming(settings)
 
@@ -79,13 +84,12 @@ def keys_rotate(
                 if archive is not None and thread.status == ARCHIVED:
                     old, new = object_name(thread.old_key), object_name(thread.new_key)
                     if (data := await archive.get(old)) is not None:
-                        await archive.put(new, data)
+                        moved_object = ArchivedThread.unseal(data, saver.serde, name=old)
+                        await archive.put(new, moved_object.seal(saver.serde, new))
                         await archive.delete(old)
             hot = await saver.hot.drop_all() if isinstance(saver, TieredSaver) else 0
             resealed, objects = (
-                await reseal_all(archive, saver.serde, ring.current_unbound_name)
-                if archive
-                else (0, 0)
+                await reseal_all(archive, saver.serde, ring.current_name) if archive else (0, 0)
             )
         return (
             f"re-encrypted {rows} rows under key {ring.current_id!r}; moved {len(moved)} "

@@ -5,7 +5,8 @@ with LangGraph's serializer, gzip-compressed, then passed through the deployment
 which seals it with the AES key when one is set: with encryption on, nothing in the archive is
 plaintext but a header naming the format. Objects are named by a hash of the thread key, so
 the store's listing names no thread, tenant or user, and erasure finds an object without a
-record.
+record. With a key, an object is bound to its name (see `places`): copied under another
+thread's name, it is refused rather than restored there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from urllib.parse import urlparse
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
+from threadline.checkpointers.places import archive_place
 from threadline.checkpointers.records import ThreadRecord
+from threadline.checkpointers.serde import dumps_at, loads_at
 
 MAGIC = b"threadline-archive/1\n"
 SUFFIX = ".tla"
@@ -60,15 +63,19 @@ class ArchivedThread:
     record: ThreadRecord
     values: dict[str, Any]  # the thread's state, as `aget_state` reads it
 
-    def seal(self, serde: SerializerProtocol) -> bytes:
+    def seal(self, serde: SerializerProtocol, name: str) -> bytes:
+        """The object to store under `name` (its encryption bound to that name)."""
         _, packed = _PACKER.dumps_typed({"record": asdict(self.record), "values": self.values})
-        kind, blob = serde.dumps_typed(gzip.compress(packed, compresslevel=6))
-        header = {"type": kind, "sha256": hashlib.sha256(blob).hexdigest()}
+        kind, blob = dumps_at(serde, gzip.compress(packed, compresslevel=6), archive_place(name))
+        header = {"type": kind, "sha256": hashlib.sha256(blob).hexdigest(), "name": name}
         return MAGIC + json.dumps(header).encode() + b"\n" + blob
 
     @classmethod
-    def unseal(cls, data: bytes, serde: SerializerProtocol) -> ArchivedThread:
-        """The thread in `data`; ArchiveError if it is not a whole, readable archive."""
+    def unseal(
+        cls, data: bytes, serde: SerializerProtocol, *, name: str | None = None
+    ) -> ArchivedThread:
+        """The thread in `data`, read as the object `name` (default: the name it was sealed
+        for); ArchiveError if it is not a whole, readable archive, or belongs elsewhere."""
         try:
             if not data.startswith(MAGIC):
                 raise ValueError("not a threadline archive")
@@ -76,7 +83,15 @@ class ArchivedThread:
             header = json.loads(header_line)
             if hashlib.sha256(blob).hexdigest() != header["sha256"]:
                 raise ValueError("checksum mismatch")
-            packed = gzip.decompress(serde.loads_typed((header["type"], blob)))
+            typed = (header["type"], blob)
+            sealed_for = header.get("name")  # objects written before binding have none
+            if name is not None and sealed_for not in (None, name):
+                raise ValueError("the object was sealed for another thread")
+            if sealed_for is None:
+                sealed = serde.loads_typed(typed)
+            else:
+                sealed = loads_at(serde, typed, archive_place(name or sealed_for))
+            packed = gzip.decompress(sealed)
             document = _PACKER.loads_typed(("msgpack", packed))
             return cls(ThreadRecord(**document["record"]), dict(document["values"]))
         except ArchiveError:
@@ -184,15 +199,16 @@ def sealed_with(data: bytes) -> str:
 async def reseal_all(
     store: ArchiveStore, serde: SerializerProtocol, current_cipher: str
 ) -> tuple[int, int]:
-    """Re-seal every object not sealed under `current_cipher` (after a key rotation);
-    (objects re-sealed, objects seen). Each object is replaced whole."""
+    """Re-seal every object not sealed under `current_cipher` (after a key rotation, or to
+    bind objects written before binding); (objects re-sealed, objects seen). Each object is
+    replaced whole."""
     resealed = 0
     names = await store.names()
     for name in names:
         data = await store.get(name)
         if data is None or sealed_with(data).partition("+")[2] in ("", current_cipher):
             continue
-        await store.put(name, ArchivedThread.unseal(data, serde).seal(serde))
+        await store.put(name, ArchivedThread.unseal(data, serde, name=name).seal(serde, name))
         resealed += 1
     return resealed, len(names)
 

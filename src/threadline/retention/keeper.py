@@ -128,12 +128,12 @@ class ThreadKeeper:
         if state.created_at is None:
             return await self._nothing_stored(record)
         name = object_name(record.thread_key)
-        data = ArchivedThread(record, dict(state.values)).seal(self.serde)
+        data = ArchivedThread(record, dict(state.values)).seal(self.serde, name)
         await self.archive.put(name, data)
         stored = await self.archive.get(name)
         if stored != data:
             raise ArchiveError("the archive object read back differs from what was written")
-        copy = ArchivedThread.unseal(stored, self.serde)
+        copy = ArchivedThread.unseal(stored, self.serde, name=name)
         if len(copy.values.get("messages") or []) != len(state.values.get("messages") or []):
             raise ArchiveError("the archive object does not hold the whole transcript")
         marked = await self.records.aupdate_thread_record(
@@ -160,7 +160,7 @@ class ThreadKeeper:
         data = await self.archive.get(name)
         if data is None:
             raise NoArchiveError(f"the thread's archive object is missing from {self.archive.url}")
-        archived = ArchivedThread.unseal(data, self.serde)
+        archived = ArchivedThread.unseal(data, self.serde, name=name)
         values = dict(archived.values)
         values["messages"] = Overwrite(list(values.get("messages") or []))
         await self.records.adelete_checkpoints(thread_key)
