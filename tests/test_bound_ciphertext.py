@@ -365,3 +365,29 @@ async def test_an_archive_object_copied_under_another_thread_is_not_restored(
         await keeper.restore(keys[0])  # in its place it restores
         state = await keeper.graph.aget_state({"configurable": {"thread_id": keys[0]}})
         assert state.values["messages"][0].content == f"the plan of {keys[0]}"
+
+
+async def test_over_http_a_refused_value_is_a_500_that_says_why(
+    served: Any, backend_stores: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with served("postgres", aes_key=KEY) as client:
+        for thread in ("first", "second"):
+            for text in (f"the {thread} thread's secret plan", "and more"):
+                turn = {
+                    "input": {"messages": [{"type": "human", "content": text}]},
+                    "config": {"configurable": {"thread_id": thread}},
+                }
+                assert (await client.post("/agent/invoke", json=turn)).status_code == 200
+    with psycopg.connect(backend_stores["postgres"]["postgres_url"]) as conn:
+        keys = [
+            r[0]
+            for r in conn.execute(
+                "SELECT thread_key FROM threadline_threads ORDER BY created_at"
+            ).fetchall()
+        ]
+    copy_first_write(backend_stores["postgres"]["postgres_url"], *keys)
+    async with served("postgres", aes_key=KEY) as client:  # a fresh process: nothing cached
+        refused = await client.get("/threads/second")
+    assert refused.status_code == 500
+    assert "MisplacedValueError" in refused.json()["detail"]
+    assert "secret plan" not in refused.text and "secret plan" not in caplog.text

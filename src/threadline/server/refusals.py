@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from threadline.observability.metrics import TURNS
-from threadline.server.outages import STORE_ERRORS
+from threadline.server.outages import STORE_ERRORS, UNREADABLE_ERRORS
 
 OUTCOMES = {
     400: "invalid",
@@ -120,5 +120,5 @@ def install_refusal_handlers(
 
         return counted
 
-    for error in (HTTPException, RequestValidationError, *STORE_ERRORS):
+    for error in (HTTPException, RequestValidationError, *STORE_ERRORS, *UNREADABLE_ERRORS):
         app.add_exception_handler(error, counting(app.exception_handlers[error]))
