@@ -47,6 +47,8 @@ async def main(command: str, point: str, nth: int, keys: list[str]) -> None:
             "mark": (saver, "aupdate_thread_record"),
             "delete": (saver, "adelete_checkpoints"),
             "snapshot": (keeper.graph, "aupdate_state"),
+            "delete_thread": (saver, "adelete_thread"),
+            "archive.delete": (keeper.archive, "delete"),
         }
         if point != "none":
             kill_after(*owners[point], nth)

@@ -1,14 +1,19 @@
 """Forgetting a user: every thread they own, from every store, with a receipt and an audit line.
 
-The stores are searched raw for a canary the erased user wrote — found before the erasure (so
-the search can find it), gone after — while another user's threads stay whole.
+The stores are searched raw for a canary the erased user wrote — a whole `pg_dump`, every Redis
+value (compressed ones inflated), the SQLite files, the file archive (inflated) — found in each
+before the erasure (so the search can find it), gone from all after, with the erased threads'
+idempotency receipts, while another user's threads, live and archived, stay whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -20,7 +25,10 @@ import pytest
 from redis import Redis
 
 from tests.fixtures.server import BACKENDS, settings_for
+from tests.test_tiered_encryption import inflated, leaks, postgres_dump
+from threadline.checkpointers.redis import receipts_key
 from threadline.locks import open_turn_locks
+from threadline.retention.archive import object_name
 
 TABLES = (
     "checkpoints",
@@ -49,44 +57,103 @@ def postgres_holds(url: str, canary: bytes, tables: tuple[str, ...] = TABLES) ->
     return False
 
 
-def redis_holds(url: str, canary: bytes) -> bool:
-    """Every key's value, read by type (RedisJSON documents included)."""
+def redis_values(url: str) -> list[bytes]:
+    """Every key and value, read by type (RedisJSON documents included), each compressed
+    hot-tier value inflated too: compression would otherwise hide plaintext from a search."""
     client = Redis.from_url(url)
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key).decode()
-        if kind == "string":
-            values = [client.get(key)]
-        elif kind == "hash":
-            values = list(client.hgetall(key).values())
-        elif kind == "zset":
-            values = client.zrange(key, 0, -1)
-        elif kind == "set":
-            values = list(client.smembers(key))
-        elif kind == "ReJSON-RL":
-            values = [json.dumps(client.json().get(key)).encode()]
-        else:
-            values = [client.dump(key)]
-        if any(canary in (v if isinstance(v, bytes) else str(v).encode()) for v in values):
-            return True
-    return False
+    found: list[bytes] = []
+    try:
+        for key in client.scan_iter(count=1000):
+            kind = client.type(key).decode()
+            if kind == "string":
+                values = [client.get(key) or b""]
+            elif kind == "hash":
+                values = [b for pair in client.hgetall(key).items() for b in pair]
+            elif kind == "zset":
+                values = client.zrange(key, 0, -1)
+            elif kind == "set":
+                values = list(client.smembers(key))
+            elif kind == "ReJSON-RL":
+                values = [json.dumps(client.json().get(key)).encode()]
+            else:
+                values = [client.dump(key) or b""]
+            found += [key, *(v for value in values for v in (value, *inflated(value)))]
+    finally:
+        client.close()
+    return found
+
+
+def redis_holds(url: str, canary: bytes) -> bool:
+    return any(leaks(value, canary.decode()) for value in redis_values(url))
 
 
 def sqlite_holds(path: Path, canary: bytes) -> bool:
     return any(canary in p.read_bytes() for p in path.parent.glob(path.name + "*") if p.is_file())
 
 
-def stores_hold(backend: str, canary: bytes, urls: dict[str, Any]) -> bool | None:
-    """Whether the backend's raw storage holds `canary` (None: nothing to search, memory)."""
-    found: list[bool] = []
+def archive_holds(root: Path, canary: bytes) -> bool:
+    """Any archive object holding `canary`, its gzip-compressed body inflated (stored
+    without a key here, so only the compression hides it)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            inflated_body = b""
+            with contextlib.suppress(Exception):
+                inflated_body = gzip.decompress(data.split(b"\n", 2)[2])
+            if canary in data or canary in inflated_body:
+                return True
+    return False
+
+
+def where_stored(backend: str, canary: bytes, urls: dict[str, Any]) -> dict[str, bool]:
+    """Store by store, whether its raw storage holds `canary`: a whole `pg_dump`, every Redis
+    value (inflated), the SQLite files, the file archive (memory has nothing to search)."""
+    found = {"archive": archive_holds(urls["archive"], canary)}
     if backend in ("postgres", "tiered"):
-        found.append(postgres_holds(urls["postgres"], canary))
+        found["postgres"] = leaks(postgres_dump(urls["postgres"]), canary.decode())
     if backend == "redis":
-        found.append(redis_holds(urls["redis"], canary))
+        found["redis"] = redis_holds(urls["redis"], canary)
     if backend == "tiered":
-        found.append(redis_holds(urls["plain_redis"], canary))
+        found["hot redis"] = redis_holds(urls["plain_redis"], canary)
     if backend == "sqlite":
-        found.append(sqlite_holds(urls["sqlite"], canary))
-    return any(found) if found else None
+        found["sqlite"] = sqlite_holds(urls["sqlite"], canary)
+    return found
+
+
+def receipts_of(backend: str, urls: dict[str, Any], keys: list[str]) -> int | None:
+    """How many idempotency receipts the threads `keys` have (None: memory, not searched)."""
+    if backend in ("postgres", "tiered"):
+        with psycopg.connect(urls["postgres"]) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM threadline_turn_receipts WHERE thread_id = ANY(%s)", (keys,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+    if backend == "sqlite":
+        with sqlite3.connect(urls["sqlite"]) as conn:
+            marks = ", ".join("?" for _ in keys)
+            query = f"SELECT count(*) FROM threadline_turn_receipts WHERE thread_id IN ({marks})"
+            return int(conn.execute(query, keys).fetchone()[0])
+    if backend == "redis":
+        client = Redis.from_url(urls["redis"])
+        try:
+            return sum(int(client.hlen(receipts_key(key))) for key in keys)
+        finally:
+            client.close()
+    return None
+
+
+def only_inflated(url: str, canary: bytes) -> bool:
+    """Some Redis value holds `canary` only once inflated: the hot tier compressed it."""
+    client = Redis.from_url(url)
+    try:
+        for key in client.scan_iter(count=1000):
+            if client.type(key) == b"hash":
+                for value in client.hgetall(key).values():
+                    if canary not in value and any(canary in v for v in inflated(value)):
+                        return True
+    finally:
+        client.close()
+    return False
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -98,6 +165,9 @@ async def test_erasing_a_user_leaves_no_trace_and_spares_the_others(
     plain_redis_url: str,
     tmp_path: Path,
 ) -> None:
+    """Ada has two live threads (one with a turn over 16 KiB, which the hot tier stores
+    compressed) and one archived to a file archive; Bob has one live and one archived. Every
+    store is searched raw for Ada's canary: found in each before, in none after."""
     run = uuid.uuid4().hex[:8]  # the Redis Stack server is shared by the session
     canary = f"canary-{run}-ada-secret".encode()
     urls = {
@@ -105,40 +175,81 @@ async def test_erasing_a_user_leaves_no_trace_and_spares_the_others(
         "redis": redis_url,
         "plain_redis": plain_redis_url,
         "sqlite": tmp_path / "threads.sqlite",
+        "archive": tmp_path / "archive",
+    }
+    retention = {
+        "ttl_strategy": "archive",
+        "archive_url": f"file://{urls['archive']}",
+        "sweep_interval": "1s",  # the server's own sweep archives threads with a 1s TTL
     }
     ada, bob = {"X-User-Id": f"ada-{run}"}, {"X-User-Id": f"bob-{run}"}
-    async with served(backend) as client:
-        for thread in (f"a1-{run}", f"a2-{run}"):
-            for text in (f"{canary.decode()} in {thread}", "and more"):
-                assert (
-                    await client.post("/agent/invoke", json=turn(thread, text), headers=ada)
-                ).is_success
-        kept = f"b1-{run}"
-        assert (
-            await client.post("/agent/invoke", json=turn(kept, "bob's own"), headers=bob)
-        ).is_success
-        assert stores_hold(backend, canary, urls) in (True, None)  # the search finds it
+    a1, a2, a3, b1, b2 = (f"{name}-{run}" for name in ("a1", "a2", "a3", "b1", "b2"))
+    long_turn = f"{canary.decode()} in a long turn " + "x" * (17 * 1024)
+    async with served(backend, **retention) as client:
+
+        async def say(thread: str, text: str, who: dict[str, str], key: str = "") -> None:
+            headers = {**who, "Idempotency-Key": key} if key else who
+            sent = await client.post("/agent/invoke", json=turn(thread, text), headers=headers)
+            assert sent.is_success, sent.text
+
+        # The long turn, then five more: the transcript's first snapshot (twelve channel
+        # updates in), over 16 KiB, is what the hot tier stores compressed.
+        ada_turns = [
+            (a1, long_turn),
+            *((a1, f"and more, {n}") for n in range(5)),
+            (a2, f"{canary.decode()} in {a2}"),
+            (a2, "and more"),
+            (a3, f"{canary.decode()} in {a3}, soon archived"),
+        ]
+        for n, (thread, text) in enumerate(ada_turns):
+            await say(thread, text, ada, key=f"retry-{run}-{n}")
+        await say(b1, "bob's own", bob)
+        await say(b2, "bob's archived", bob)
+        for thread, who in ((a3, ada), (b2, bob)):
+            patched = await client.patch(f"/threads/{thread}", json={"ttl": "1s"}, headers=who)
+            assert patched.is_success, patched.text
+        for _ in range(100):  # the server's sweep archives a3 and b2 within a few seconds
+            statuses = [
+                (await client.get(f"/threads/{t}", headers=who)).json()["status"]
+                for t, who in ((a3, ada), (b2, bob))
+            ]
+            if statuses == ["archived", "archived"]:
+                break
+            await asyncio.sleep(0.1)
+        assert statuses == ["archived", "archived"]
+
+        found = where_stored(backend, canary, urls)
+        assert all(found.values()), found  # the search finds it in every store
+        if backend == "tiered":
+            assert only_inflated(plain_redis_url, canary)  # the long turn, compressed
+        # One receipt a turn (a3's went when it was archived).
+        assert receipts_of(backend, urls, [a1, a2]) in (None, len(ada_turns) - 1)
 
         erased = await client.delete(f"/users/ada-{run}")
         assert erased.status_code == 200, erased.text
         receipt = erased.json()
-        assert receipt["erased_threads"] == 2 and len(receipt["receipt_id"]) == 32
+        assert receipt["erased_threads"] == 3 and len(receipt["receipt_id"]) == 32
 
         listed = await client.get("/threads", params={"user_id": f"ada-{run}"})
         assert listed.json()["threads"] == []
-        for thread in (f"a1-{run}", f"a2-{run}"):
+        for thread in (a1, a2, a3):
             assert (await client.get(f"/threads/{thread}")).status_code == 404
-        bobs = await client.get(f"/threads/{kept}", headers=bob)
+        bobs = await client.get(f"/threads/{b1}", headers=bob)
         assert [m["content"] for m in bobs.json()["messages"]] == ["bob's own", "echo: bob's own"]
+        restored = await client.post(f"/threads/{b2}/restore", headers=bob)
+        assert restored.status_code == 200, restored.text  # Bob's archive object is whole
         again = await client.delete(f"/users/ada-{run}")
         assert again.json()["erased_threads"] == 0
 
-    assert stores_hold(backend, canary, urls) in (False, None)
+    assert where_stored(backend, canary, urls) == dict.fromkeys(found, False)
+    assert receipts_of(backend, urls, [a1, a2, a3]) in (None, 0)
+    assert not (urls["archive"] / object_name(a3)).exists()
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert [(a["action"], a["count"]) for a in audit] == [("erase", 2), ("erase", 0)]
-    assert audit[0]["receipt_id"] == receipt["receipt_id"]
+    erasures = [a for a in audit if a["action"] == "erase"]
+    assert [a["count"] for a in erasures] == [3, 0]
+    assert erasures[0]["receipt_id"] == receipt["receipt_id"]
     assert f"ada-{run}" not in json.dumps(audit) and canary.decode() not in json.dumps(audit)
-    assert audit[0]["user"] == audit[1]["user"]  # the same user, hashed the same way
+    assert erasures[0]["user"] == erasures[1]["user"]  # the same user, hashed the same way
 
 
 async def test_the_cli_erases_a_user(served: Any, tmp_path: Path) -> None:

@@ -218,3 +218,127 @@ def test_keep_latest_is_refused_on_redis_at_start() -> None:
         settings.check()
     with pytest.raises(SettingsError, match="needs THREADLINE_ARCHIVE_URL"):
         settings_for(model="fake", ttl_strategy="archive").check()
+
+
+@pytest.mark.parametrize("backend", list(STRATEGIES))
+async def test_a_dry_run_counts_every_expired_thread_not_one_batch(
+    backend: str, deployment: Any
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    keys = [f"dry{n}-{run}" for n in range(5)]
+    async with deployment(backend, thread_ttl="1h") as d:
+        for key in keys:
+            await d.turns(key, f"hello from {key}")
+        sweeper = Sweeper(d.keeper, d.locks, "delete", HOUR, batch_size=2)
+        later = time.time() + 2 * HOUR
+        dry = await sweeper.sweep(now=later, dry_run=True, max_batches=None)
+        assert set(keys) <= set(dry.thread_keys)
+        assert dry.expired == len(set(dry.thread_keys))
+        swept = await sweeper.sweep(now=later, max_batches=None)
+        assert set(keys) <= set(swept.thread_keys)
+        assert dry.expired == swept.handled  # the dry run said what the sweep then did
+        for key in keys:
+            assert await d.keeper.records.aget_thread_record(key) is None
+
+
+def block_archive_of(archive: Path, key: str) -> Path:
+    """Make the archive object of `key` impossible to write: a directory where it would go
+    (a real file archive that fails for this one thread; root ignores permissions)."""
+    blocker = archive / object_name(key)
+    blocker.mkdir(parents=True)
+    (blocker / "in-the-way").write_text("")
+    return blocker
+
+
+async def test_a_failing_thread_is_counted_and_does_not_stop_or_crowd_out_the_sweep(
+    deployment: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import shutil
+
+    archive = tmp_path / "archive"
+    bad = ["bad-0", "bad-1"]  # the oldest: first in every listing of expired threads
+    good = [f"good-{n}" for n in range(4)]
+    later = [f"later-{n}" for n in range(4)]
+    async with deployment("postgres", ttl_strategy="archive", thread_ttl="1h") as d:
+        for key in [*bad, *good]:
+            await d.turns(key, f"private words of {key}")
+        before = {key: await d.values(key) for key in bad}
+        blockers = [block_archive_of(archive, key) for key in bad]
+
+        # The CLI's sweep (every batch): the bad threads fail, are counted, and the rest go.
+        with caplog.at_level(logging.WARNING, logger="threadline.retention"):
+            report = await Sweeper(d.keeper, d.locks, "archive", HOUR, batch_size=2).sweep(
+                now=time.time() + 2 * HOUR, max_batches=None
+            )
+        assert report.error is None
+        assert (report.handled, report.failed, report.expired) == (4, 2, 6)
+        assert report.failures == {"IsADirectoryError": 2}
+        assert sorted(report.thread_keys) == good
+        assert "4 of 6 expired threads archived" in report.summary()
+        assert "2 failed (IsADirectoryError x2)" in report.summary()
+        for key in bad:  # left as they were
+            assert (await d.keeper.records.aget_thread_record(key)).status == LIVE  # type: ignore[union-attr]
+            assert await d.values(key) == before[key]
+        logged = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+        assert len(logged) == 2
+        assert d.keeper.audit.hashed("bad-0") in logged[0] and "IsADirectoryError" in logged[0]
+        assert not any(k in line for line in logged for k in (*bad, "private", "Errno"))
+
+        # The server's sweep (one batch of 2 each time) on the same store: the two failing
+        # threads fill the first batch, then wait until every other thread is done.
+        for key in later:
+            await d.turns(key, f"private words of {key}")
+        server = Sweeper(d.keeper, d.locks, "archive", HOUR, batch_size=2)
+        at = time.time() + 2 * HOUR
+        runs = [await server.sweep(now=at) for _ in range(4)]
+        assert [(r.handled, r.failed) for r in runs] == [(0, 2), (2, 0), (2, 0), (0, 2)]
+        assert sorted(runs[1].thread_keys + runs[2].thread_keys) == later
+
+        for blocker in blockers:  # the archive is fixed: the next sweep retries them
+            shutil.rmtree(blocker)
+        fixed = await server.sweep(now=at)
+        assert sorted(fixed.thread_keys) == bad and fixed.failed == 0
+        for key in bad:
+            assert (await d.keeper.records.aget_thread_record(key)).status == ARCHIVED  # type: ignore[union-attr]
+
+
+async def test_failures_in_a_row_end_the_sweep(deployment: Any, tmp_path: Path) -> None:
+    """Every thread failing alike is the archive, not the threads: stop, do not try them all."""
+    async with deployment("sqlite", ttl_strategy="archive", thread_ttl="1h") as d:
+        keys = [f"t{n}" for n in range(4)]
+        for key in keys:
+            await d.turns(key, "hello")
+            block_archive_of(tmp_path / "archive", key)
+        sweeper = Sweeper(d.keeper, d.locks, "archive", HOUR, batch_size=2, give_up_after=3)
+        report = await sweeper.sweep(now=time.time() + 2 * HOUR, max_batches=None)
+        assert report.failed == 3 and report.handled == 0
+        assert report.error == "3 threads in a row failed"
+
+
+async def test_a_thread_with_corrupted_rows_fails_alone(
+    deployment: Any, postgres_db_url: str
+) -> None:
+    """A thread whose stored values cannot be read (damaged in Postgres) is counted as failed;
+    keep_latest still cuts the others."""
+    import psycopg
+
+    async with deployment("postgres", ttl_strategy="keep_latest", thread_ttl="1h") as d:
+        for key in ("damaged", "fine-0", "fine-1"):
+            await d.turns(key, f"first of {key}", f"second of {key}")
+        with psycopg.connect(postgres_db_url, autocommit=True) as conn:
+            for table in ("checkpoint_blobs", "checkpoint_writes"):
+                conn.execute(
+                    f"UPDATE {table} SET blob = %s WHERE thread_id = %s",
+                    (b"\xc1 not what was written", "damaged"),
+                )
+        report = await Sweeper(d.keeper, d.locks, "keep_latest", HOUR, batch_size=1).sweep(
+            now=time.time() + 2 * HOUR, max_batches=None
+        )
+        assert report.error is None
+        assert (report.handled, report.failed) == (2, 1)
+        assert sorted(report.thread_keys) == ["fine-0", "fine-1"]
+        assert await d.checkpoints("fine-0") == await d.checkpoints("fine-1") == 1
+        with psycopg.connect(postgres_db_url) as conn:  # the damaged thread is left as it was
+            left = conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = 'damaged'")
+            assert left.fetchone()[0] > 1  # type: ignore[index]

@@ -14,6 +14,7 @@ from typing import Any
 
 from tests.fixtures.server import settings_for
 from tests.test_erasure import postgres_holds, turn
+from tests.test_observability import moved, scrape
 from threadline.assembly import open_keeper
 from threadline.retention import Sweeper
 
@@ -37,6 +38,7 @@ async def test_archive_restore_and_erase_over_http(
     retention = {"ttl_strategy": "archive", "archive_url": f"file://{archive}"}
     ada, bob = {"X-User-Id": "ada"}, {"X-User-Id": "bob"}
     async with served("postgres", **retention) as client:
+        metrics_before = await scrape(client)
         for thread, text, who in (
             ("t1", f"remember {canary}", ada),
             ("t1", "and this", ada),
@@ -97,6 +99,14 @@ async def test_archive_restore_and_erase_over_http(
         assert lifted.json()["hold"] is False and lifted.json()["ttl"] is None
         assert (await client.delete("/threads/t2")).status_code == 200
         assert (await client.get("/threads/t3", headers=bob)).status_code == 200
+        metrics_after = await scrape(client)
+    for action, times in {"archive": 2, "restore": 1, "erase": 2, "expire": 0}.items():
+        moves = moved(
+            metrics_before, metrics_after, "threadline_retention_threads_total", action=action
+        )
+        assert moves == times, action  # erase: ada's archived t1, then t2
+    assert moved(metrics_before, metrics_after, "threadline_sweeps_total", result="ok") == 2
+    assert moved(metrics_before, metrics_after, "threadline_turns_total", outcome="conflict") == 1
     assert not postgres_holds(postgres_db_url, canary.encode())
     assert not any(canary.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
 
@@ -136,12 +146,17 @@ async def test_the_server_sweeps_by_itself(served: Any) -> None:
 
 
 async def test_the_cli_sweeps_and_restores(served: Any, tmp_path: Path) -> None:
+    """Five expired threads, batches of two: the dry run counts all five (not one batch); a
+    thread whose archive cannot be written fails alone, shown in the output and exit code."""
     import os
     import subprocess
     import sys
 
+    from tests.test_retention import block_archive_of
+
+    threads = [f"c{n}" for n in range(1, 6)]
     async with served("sqlite") as client:
-        for thread in ("c1", "c2"):
+        for thread in threads:
             assert (await client.post("/agent/invoke", json=turn(thread, "hi"))).is_success
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("THREADLINE_", "OPENAI_"))},
@@ -151,6 +166,7 @@ async def test_the_cli_sweeps_and_restores(served: Any, tmp_path: Path) -> None:
         "THREADLINE_THREAD_TTL": "30d",
         "THREADLINE_TTL_STRATEGY": "archive",
         "THREADLINE_ARCHIVE_URL": f"file://{tmp_path / 'archive'}",
+        "THREADLINE_SWEEP_LIMIT": "2",
     }
     cli = str(Path(sys.executable).parent / "threadline")
 
@@ -161,12 +177,19 @@ async def test_the_cli_sweeps_and_restores(served: Any, tmp_path: Path) -> None:
         "0 expired threads would be archived" in threadline("threads", "sweep", "--dry-run").stdout
     )
     later = threadline("threads", "sweep", "--dry-run", "--as-of", "2099-01-01T00:00:00")
-    assert "2 expired threads would be archived" in later.stdout
+    assert "5 expired threads would be archived" in later.stdout
     bad = threadline("threads", "sweep", "--as-of", "someday")
     assert bad.returncode == 2 and "--as-of must be" in bad.stderr
+    blocker = block_archive_of(tmp_path / "archive", "c1")  # the oldest: first in each batch
+    failed = threadline("threads", "sweep", "--as-of", "2099-01-01")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "4 of 5 expired threads archived (8 messages); 0 skipped; 1 failed" in failed.stdout
+    assert "(IsADirectoryError x1)" in failed.stdout
+    blocker.joinpath("in-the-way").unlink()
+    blocker.rmdir()
     done = threadline("threads", "sweep", "--as-of", "2099-01-01")
-    assert done.returncode == 0 and "2 of 2 expired threads archived" in done.stdout
-    assert len(list((tmp_path / "archive").iterdir())) == 2
+    assert done.returncode == 0 and "1 of 1 expired threads archived" in done.stdout
+    assert len(list((tmp_path / "archive").iterdir())) == 5
     restored = threadline("threads", "restore", "c1")
     assert restored.returncode == 0 and "restored c1 (2 messages)" in restored.stdout
     assert threadline("threads", "restore", "c1").returncode == 1  # not archived any more

@@ -143,7 +143,8 @@ def threads_sweep(
     ] = None,
 ) -> None:
     """Apply THREADLINE_TTL_STRATEGY to every thread idle past its TTL, in batches of
-    THREADLINE_SWEEP_LIMIT, and print what was done (exit 1 if the sweep stopped early)."""
+    THREADLINE_SWEEP_LIMIT, and print what was done (exit 1 if a thread failed or the sweep
+    stopped early: cron should tell someone). `--dry-run` counts every expired thread."""
     settings = load_settings(model=False)
     now = _as_of(as_of)
     from rich.progress import Progress
@@ -165,7 +166,7 @@ def threads_sweep(
 
     report = run(main)
     say(report.summary())
-    if report.error or report.lease_taken:
+    if report.error or report.lease_taken or report.failed:
         raise typer.Exit(1)
 
 

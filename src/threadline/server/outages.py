@@ -10,29 +10,15 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from psycopg import OperationalError
-from psycopg_pool import PoolTimeout
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from threadline.checkpointers.durable import CheckpointStoreUnavailable
 from threadline.checkpointers.serde import (
     MisplacedValueError,
     UnencryptedDataError,
     UnknownKeyError,
 )
-from threadline.locks import LockBackendError
+from threadline.store_errors import STORE_ERRORS
 
 logger = logging.getLogger(__name__)
-
-STORE_ERRORS: tuple[type[Exception], ...] = (
-    CheckpointStoreUnavailable,
-    LockBackendError,
-    OperationalError,
-    PoolTimeout,
-    RedisConnectionError,
-    RedisTimeoutError,
-)
 
 
 async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
