@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import shutil
 import socket
 import statistics
@@ -16,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from threadline.dev.services import PostgresServer, RedisServer, free_port
+from threadline.dev.services import (
+    DYNAMODB_LOCAL_CREDENTIALS,
+    DynamoDBLocal,
+    FirestoreEmulator,
+    PostgresServer,
+    RedisServer,
+    free_port,
+)
+
+FIRESTORE_PROJECT = "threadline-bench"
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,53 @@ def bench_services(rtt_ms: float = 0.0) -> Iterator[BenchServices]:
             server.stop()
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Emulators:
+    """Where the local stand-ins for the cloud backends listen (None: not started)."""
+
+    dynamodb_endpoint: str | None = None
+    firestore_host: str | None = None
+
+
+@contextmanager
+def emulators(dynamodb: bool = True, firestore: bool = True) -> Iterator[Emulators]:
+    """DynamoDB Local and the Firestore emulator, in memory, on free loopback ports, removed
+    afterwards; until then the environment their clients read is set (DynamoDB Local's
+    dummy credentials and region, `FIRESTORE_EMULATOR_HOST`), and restored on exit."""
+    servers: list[DynamoDBLocal | FirestoreEmulator] = []
+    env: dict[str, str] = {}
+    endpoint = host = None
+    try:
+        if dynamodb:
+            ddb = DynamoDBLocal(free_port(), Path(tempfile.mkdtemp(prefix="threadline-bench-ddb-")))
+            servers.append(ddb)
+            ddb.start()
+            endpoint = ddb.endpoint_url
+            env.update(DYNAMODB_LOCAL_CREDENTIALS)
+        if firestore:
+            fs = FirestoreEmulator(
+                free_port(), Path(tempfile.mkdtemp(prefix="threadline-bench-fs-"))
+            )
+            servers.append(fs)
+            fs.start()
+            host = fs.host
+            env["FIRESTORE_EMULATOR_HOST"] = host
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            yield Emulators(endpoint, host)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    finally:
+        for server in reversed(servers):
+            server.stop()
+            shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 async def time_calls(fn: Callable[[], Awaitable[object]], n: int, warmup: int = 2) -> list[float]:
