@@ -59,7 +59,10 @@ async def open_checkpointer(settings: Settings) -> AsyncIterator[BaseCheckpointS
         from threadline.checkpointers.firestore import FirestoreSaver
 
         async with FirestoreSaver.from_settings(
-            settings.firestore_project, settings.firestore_collection, serde=serde
+            settings.firestore_project,
+            settings.firestore_collection,
+            serde=serde,
+            history_cache_bytes=settings.history_cache_mb * 1024 * 1024,
         ) as firestore_saver:
             yield firestore_saver
     elif kind == "postgres":

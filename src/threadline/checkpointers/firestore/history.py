@@ -6,6 +6,12 @@ reads every ancestor whole (values and writes), several round trips each. Here t
 reads only the ancestors' checkpoint documents, then the chain's writes in one id-range
 query, then the seeds' values in one batch.
 
+A checkpoint's history never changes (history(C) = history(parent) + the writes at the
+parent), so decoded histories are kept in-process (`delta.HistoryCache`, as the Postgres and
+DynamoDB savers do): a walk stops at the first ancestor whose history is cached, and a turn
+reads only its parent's document and writes. Deleting runs or threads forgets the threads
+they touched.
+
 Pruning keeps a checkpoint whole without its ancestors by freezing its history into it
 (`freeze`): a walk that reaches a checkpoint carrying a frozen history for a channel stops
 there, as it would at a seed. That is what lets `prune("keep_latest")` and
@@ -20,6 +26,7 @@ from typing import Any
 
 from langgraph.checkpoint.base import DeltaChannelHistory
 
+from threadline.checkpointers.delta import HistoryCache, approx_bytes
 from threadline.checkpointers.firestore.codec import Codec, versions_of, write_order
 from threadline.checkpointers.firestore.layout import (
     AFTER_SEP,
@@ -44,6 +51,7 @@ async def delta_history(
     ns: str,
     target: str,
     channels: Sequence[str],
+    cache: HistoryCache | None = None,
 ) -> dict[str, DeltaChannelHistory]:
     """`get_delta_channel_history` of checkpoint `target` (same contract)."""
     if not channels:
@@ -51,11 +59,14 @@ async def delta_history(
     tdoc = thread_doc_id(thread)
     checkpoints = store.sub(tdoc, CHECKPOINTS)
     remaining = list(dict.fromkeys(channels))
-    bases: dict[str, DeltaChannelHistory] = {}  # frozen histories where the walk stopped
+    # Where the walk stopped short of a seed: a cached or frozen history (with its weight).
+    bases: dict[str, DeltaChannelHistory] = {}
+    weights: dict[str, int] = {}
     seeds: dict[str, str] = {}  # channel → version of its seed value
     null_seeds: set[str] = set()
     path: list[tuple[str, set[str]]] = []  # ancestors newest first, with channels open there
-    doc = await store.get(checkpoints.document(checkpoint_id_of(ns, target)))
+    remaining = _stop_at_cached(cache, (thread, ns, target), remaining, bases, weights)
+    doc = await store.get(checkpoints.document(checkpoint_id_of(ns, target))) if remaining else None
     if doc is not None:
         remaining = await _stop_at_frozen(store, codec, thread, doc, remaining, bases)
     while doc is not None and remaining and (parent := doc.get("parent")):
@@ -71,6 +82,7 @@ async def delta_history(
             elif ch in doc.get("has", []) and ch in versions:
                 seeds[ch] = versions[ch]
                 remaining.remove(ch)
+        remaining = _stop_at_cached(cache, (thread, ns, parent), remaining, bases, weights)
         remaining = await _stop_at_frozen(store, codec, thread, doc, remaining, bases)
     writes = await _chain_writes(store, codec, thread, ns, path)
     values = await _seed_values(store, codec, thread, ns, seeds)
@@ -86,7 +98,34 @@ async def delta_history(
         elif "seed" in base:
             entry["seed"] = base["seed"]
         result[ch] = entry
+        if cache is not None:  # weighed as the cached base plus what the walk added
+            weight = weights.get(ch)
+            added_bytes = approx_bytes({"writes": added})
+            cache.put(
+                (thread, ns, target, ch),
+                entry,
+                approx_bytes(entry) if weight is None else weight + added_bytes,
+            )
     return result
+
+
+def _stop_at_cached(
+    cache: HistoryCache | None,
+    at: tuple[str, str, str],
+    remaining: list[str],
+    bases: dict[str, DeltaChannelHistory],
+    weights: dict[str, int],
+) -> list[str]:
+    """The channels still open after checkpoint `at`, whose history is cached for the rest."""
+    if cache is None:
+        return remaining
+    for ch in list(remaining):
+        if (found := cache.get((*at, ch))) is not None:
+            bases[ch] = found
+            if (weight := cache.weight_of((*at, ch))) is not None:
+                weights[ch] = weight
+            remaining = [c for c in remaining if c != ch]
+    return remaining
 
 
 async def _stop_at_frozen(

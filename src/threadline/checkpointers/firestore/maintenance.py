@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from threadline.checkpointers.delta import HistoryCache
 from threadline.checkpointers.firestore.codec import PAYLOAD, Codec, versions_of
 from threadline.checkpointers.firestore.history import freeze
 from threadline.checkpointers.firestore.layout import (
@@ -41,10 +42,12 @@ class ThreadMaintenance:
 
     store: Store
     codec: Codec
+    histories: HistoryCache  # decoded histories of this process: forgotten where changed
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Everything of the thread: checkpoints, values, writes, chunks, receipts and its
         record (the thread document)."""
+        self.histories.forget_thread(str(thread_id))
         tdoc = thread_doc_id(str(thread_id))
         await self._delete_all(tdoc, (CHECKPOINTS, WRITES, BLOBS, CHUNKS, RECEIPTS))
         await self.store.write_many([(self.store.thread(tdoc), None)])
@@ -88,6 +91,7 @@ class ThreadMaintenance:
     async def _drop_checkpoints(self, thread_id: str, ns: str, doomed: set[str]) -> None:
         """Delete the `doomed` checkpoints of a namespace with their writes and the values no
         other checkpoint uses; the checkpoints whose parent went lose it."""
+        self.histories.forget_thread(thread_id)
         tdoc = thread_doc_id(thread_id)
         checkpoints = self.store.sub(tdoc, CHECKPOINTS)
         items = await self.store.in_range(checkpoints, prefix_range(ns))
@@ -152,6 +156,7 @@ class ThreadMaintenance:
         the target; checkpoints go last, so the copy never shows one missing its values.
         Receipts and the record stay with the source (a copy is a new thread)."""
         source, target = str(source_thread_id), str(target_thread_id)
+        self.histories.forget_thread(target)
         src, dst = thread_doc_id(source), thread_doc_id(target)
         early: list[Write] = []
         last: list[Write] = []
@@ -177,6 +182,7 @@ class ThreadMaintenance:
         if strategy not in PRUNE_STRATEGIES:
             raise ValueError(f"Unknown prune strategy: {strategy!r}")
         for thread_id in [str(t) for t in thread_ids]:
+            self.histories.forget_thread(thread_id)
             tdoc = thread_doc_id(thread_id)
             if strategy == "delete":
                 await self._delete_all(tdoc, (CHECKPOINTS, WRITES, BLOBS, CHUNKS))
@@ -190,6 +196,7 @@ class ThreadMaintenance:
     async def adelete_checkpoints(self, thread_key: str, *, keep: str | None = None) -> None:
         """Retention's cut (see `KeepsThreadRecords.adelete_checkpoints`): the record stays,
         receipts go."""
+        self.histories.forget_thread(thread_key)
         tdoc = thread_doc_id(thread_key)
         if keep is None:
             await self._delete_all(tdoc, (CHECKPOINTS, WRITES, BLOBS, CHUNKS))

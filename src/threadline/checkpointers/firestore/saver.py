@@ -41,6 +41,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from threadline.checkpointers.delta import DEFAULT_HISTORY_CACHE_BYTES, HistoryCache
 from threadline.checkpointers.firestore.codec import PAYLOAD, Codec, config_of
 from threadline.checkpointers.firestore.history import delta_history
 from threadline.checkpointers.firestore.layout import (
@@ -79,8 +80,10 @@ class FirestoreSaver(
         *,
         client: AsyncClient | None = None,
         serde: SerializerProtocol | None = None,
+        history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES,
     ) -> None:
         super().__init__(serde=serde)
+        self.histories = HistoryCache(history_cache_bytes)
         self._owns_client = client is None
         self.client = client or AsyncClient(project=project)
         self.store = Store(self.client, collection_prefix)
@@ -97,10 +100,13 @@ class FirestoreSaver(
         collection_prefix: str = DEFAULT_COLLECTION_PREFIX,
         *,
         serde: SerializerProtocol | None = None,
+        history_cache_bytes: int = DEFAULT_HISTORY_CACHE_BYTES,
     ) -> AsyncIterator[FirestoreSaver]:
         """A saver on its own client (credentials and the emulator, `FIRESTORE_EMULATOR_HOST`,
         from Google's usual sources), closed on exit."""
-        saver = cls(project, collection_prefix, serde=serde)
+        saver = cls(
+            project, collection_prefix, serde=serde, history_cache_bytes=history_cache_bytes
+        )
         try:
             yield saver
         finally:
@@ -343,7 +349,9 @@ class FirestoreSaver(
             if latest is None:
                 return {ch: {"writes": []} for ch in channels}
             checkpoint_id = latest.checkpoint["id"]
-        return await delta_history(self.store, self.codec, thread_id, ns, checkpoint_id, channels)
+        return await delta_history(
+            self.store, self.codec, thread_id, ns, checkpoint_id, channels, self.histories
+        )
 
 
 __all__ = ["DEFAULT_COLLECTION_PREFIX", "FirestoreSaver"]
