@@ -10,6 +10,7 @@ import typer
 from langchain_core.messages import HumanMessage
 
 from threadline.cli.common import checked_thread_id, fail, load_settings, out, run, say
+from threadline.cli.importer import import_command
 from threadline.cli.keys import keys_app
 from threadline.cli.services import services_app
 from threadline.cli.threads import message_text, threads_app
@@ -20,6 +21,7 @@ app.add_typer(threads_app, name="threads")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(services_app, name="services")
+app.command("import")(import_command)
 
 
 @app.command()
@@ -35,7 +37,7 @@ def serve(
     if workers > 1 and settings.checkpointer in ("memory", "sqlite"):
         raise fail(
             f"--workers {workers} needs a shared store and thread lock: "
-            "THREADLINE_CHECKPOINTER=postgres, redis or tiered "
+            "THREADLINE_CHECKPOINTER=postgres, redis, tiered, dynamodb or firestore "
             f"({settings.checkpointer} serves from one process)"
         )
     out.print(
