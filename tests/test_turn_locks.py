@@ -11,6 +11,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -114,46 +115,38 @@ async def test_a_lost_session_is_replaced_and_its_holder_finishes(postgres_db_ur
         assert new_pid != pid
 
 
-async def test_dynamodb_leases_exclude_other_processes_and_lapse_when_the_holder_dies(
-    dynamodb_endpoint: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two processes' locks on one table (two clients); a holder that died without releasing
-    (its lease never renewed) keeps the thread only until the lease lapses."""
-    table = f"locks-{uuid.uuid4().hex[:8]}"
-    Table(dynamodb_client(dynamodb_endpoint), table).create()
-    monkeypatch.setattr(locks, "DYNAMODB_LEASE_SECONDS", 3.0)
-    first, second = (DynamoDBTurnLocks(dynamodb_client(dynamodb_endpoint), table) for _ in range(2))
-    async with first.hold(["t1"], 1.0):
-        with pytest.raises(ThreadBusyError):
-            async with second.hold(["t1"], 0.3):
-                pass
-        async with second.hold(["t2"], 0.3):  # other threads are free
-            pass
-        await asyncio.sleep(4.0)  # renewed past its first lease: still held
-        with pytest.raises(ThreadBusyError):
-            async with second.hold(["t1"], 0.3):
-                pass
-    async with second.hold(["t1"], 0.3):  # released
-        pass
-    dead = {"pk": {"S": "l#t3"}, "sk": {"S": "lock"}}
-    assert first._try_take(dead, "a-process-that-died")  # taken, then never renewed
-    started = time.monotonic()
-    async with second.hold(["t3"], 8.0):
-        waited = time.monotonic() - started
-    assert 1.0 < waited < 6.0
-
-
-async def test_firestore_leases_exclude_other_processes_and_lapse_when_the_holder_dies(
-    firestore_host: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextlib.asynccontextmanager
+async def two_processes_leases(
+    store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Any, Any]]:
+    """Two processes' lease locks on one store (two clients), with 3-second leases."""
+    if store == "dynamodb":
+        endpoint = request.getfixturevalue("dynamodb_endpoint")
+        table = f"locks-{uuid.uuid4().hex[:8]}"
+        Table(dynamodb_client(endpoint), table).create()
+        monkeypatch.setattr(locks, "DYNAMODB_LEASE_SECONDS", 3.0)
+        yield tuple(DynamoDBTurnLocks(dynamodb_client(endpoint), table) for _ in range(2))
+        return
     from google.cloud.firestore import AsyncClient
 
-    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", request.getfixturevalue("firestore_host"))
     monkeypatch.setattr(locks, "FIRESTORE_LEASE_SECONDS", 3.0)
     prefix = f"locks{uuid.uuid4().hex[:8]}"
     clients = [AsyncClient(project="threadline-test") for _ in range(2)]
-    first, second = (FirestoreTurnLocks(client, prefix) for client in clients)
     try:
+        yield tuple(FirestoreTurnLocks(client, prefix) for client in clients)
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.parametrize("store", ["dynamodb", "firestore"])
+async def test_leases_exclude_other_processes_and_lapse_when_the_holder_dies(
+    store: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held thread is busy for the other process, renewed past its first lease, free once
+    released; a holder that died without releasing (never renewed) keeps it until it lapses."""
+    async with two_processes_leases(store, request, monkeypatch) as (first, second):
         async with first.hold(["t1"], 1.0):
             with pytest.raises(ThreadBusyError):
                 async with second.hold(["t1"], 0.3):
@@ -166,12 +159,8 @@ async def test_firestore_leases_exclude_other_processes_and_lapse_when_the_holde
                     pass
         async with second.hold(["t1"], 0.3):  # released
             pass
-        dead = clients[0].collection(f"{prefix}_locks").document("t3")
-        assert await first._try_take(dead, "a-process-that-died")  # never renewed
+        assert await first._take("t3", "a-process-that-died")  # taken, then never renewed
         started = time.monotonic()
         async with second.hold(["t3"], 8.0):
             waited = time.monotonic() - started
         assert 1.0 < waited < 6.0
-    finally:
-        for client in clients:
-            client.close()

@@ -27,9 +27,7 @@ log = logging.getLogger("threadline.server")
 
 REDIS_LEASE_SECONDS = 30.0
 DYNAMODB_LEASE_SECONDS = 30.0
-DYNAMODB_MAX_POLL_SECONDS = 0.2
 FIRESTORE_LEASE_SECONDS = 30.0
-FIRESTORE_MAX_POLL_SECONDS = 0.2
 POLL_SECONDS = 0.02  # a busy thread's waiter asks again this often (Postgres and Redis)
 CONNECT_TIMEOUT_SECONDS = 5
 TRY_LOCK_SQL = (
@@ -329,26 +327,37 @@ class RedisTurnLocks(_OneLockPerKey):
         await self._client.ping()
 
 
-class DynamoDBTurnLocks(_OneLockPerKey):
-    """A lease item per thread in the saver's DynamoDB table (`l#<key>`): taken by a
-    conditional put that succeeds only if no live lease exists, renewed while the turn runs,
-    deleted by its owner; it expires if the holder dies (leases use each host's clock)."""
+class _LeaseLocks(_OneLockPerKey):
+    """A lease per thread in a store without locks of its own: taken by a conditional write
+    that succeeds only if no live lease exists, polled with backoff while busy (requests are
+    billed), renewed while the turn runs, released by its owner; a holder that dies lets it
+    lapse. Leases use each host's clock. Subclasses say how to take, renew and release."""
 
-    def __init__(self, client: Any, table: str) -> None:
-        self._client = client
-        self._table = table
+    max_poll_seconds = 0.2
+
+    async def _take(self, key: str, owner: str) -> bool:
+        raise NotImplementedError
+
+    async def _extend(self, key: str, owner: str) -> None:
+        raise NotImplementedError
+
+    async def _release(self, key: str, owner: str) -> None:
+        raise NotImplementedError
+
+    async def _guarded(self, call: Any) -> Any:
+        """`call` awaited; the store's own errors become `LockBackendError`."""
+        raise NotImplementedError
 
     @asynccontextmanager
     async def _hold_one(self, key: str, deadline: float) -> AsyncIterator[None]:
-        item_key = {"pk": {"S": f"l#{key}"}, "sk": {"S": "lock"}}
         owner = uuid.uuid4().hex
         wait = POLL_SECONDS
-        while not await self._call(self._try_take, item_key, owner):
+        while not await self._guarded(self._take(key, owner)):
             if time.monotonic() >= deadline:
                 raise ThreadBusyError(key)
             await asyncio.sleep(min(wait, _remaining(deadline)))
-            wait = min(wait * 2, DYNAMODB_MAX_POLL_SECONDS)  # requests are billed: back off
-        renewal = asyncio.create_task(self._renew(item_key, owner))
+            wait = min(wait * 2, self.max_poll_seconds)
+        renewal = asyncio.create_task(self._renew(key, owner))
         try:
             yield
         finally:
@@ -357,38 +366,51 @@ class DynamoDBTurnLocks(_OneLockPerKey):
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewal
                 try:
-                    await self._call(self._release, item_key, owner)
+                    await self._guarded(self._release(key, owner))
                 except LockBackendError as exc:
                     log.warning("could not release a thread lock (it will expire): %s", exc)
 
-    async def _call(self, operation: Any, *args: Any) -> Any:
+    async def _renew(self, key: str, owner: str) -> None:
+        while True:
+            await asyncio.sleep(self._lease_seconds() / 3)
+            try:
+                await self._guarded(self._extend(key, owner))
+            except LockBackendError as exc:
+                log.warning("could not renew a thread lock: %s", exc)
+
+    def _lease_seconds(self) -> float:
+        raise NotImplementedError
+
+    def setup_guard(self) -> AbstractAsyncContextManager[None]:
+        # The stores these run on create what they need idempotently: racing is safe.
+        return contextlib.nullcontext()
+
+
+class DynamoDBTurnLocks(_LeaseLocks):
+    """Leases as items `l#<key>` of the saver's DynamoDB table (conditional put, update and
+    delete)."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._client = client
+        self._table = table
+
+    def _lease_seconds(self) -> float:
+        return DYNAMODB_LEASE_SECONDS
+
+    async def _guarded(self, call: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return await asyncio.to_thread(operation, *args)
+            return await call
         except (BotoCoreError, ClientError) as exc:
             raise LockBackendError(f"DynamoDB unavailable for the thread lock: {exc}") from None
 
-    def _try_take(self, item_key: dict[str, Any], owner: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        now = time.time()
-        try:
-            self._client.put_item(
-                TableName=self._table,
-                Item={**item_key, **self._lease(owner, now)},
-                ConditionExpression="attribute_not_exists(pk) OR lease_until < :now",
-                ExpressionAttributeValues={":now": {"N": str(int(now * 1000))}},
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
-
     @staticmethod
-    def _lease(owner: str, now: float) -> dict[str, Any]:
-        until = now + DYNAMODB_LEASE_SECONDS
+    def _item_key(key: str) -> dict[str, Any]:
+        return {"pk": {"S": f"l#{key}"}, "sk": {"S": "lock"}}
+
+    def _lease(self, owner: str) -> dict[str, Any]:
+        until = time.time() + self._lease_seconds()
         return {
             "kind": {"S": "lock"},
             "owner": {"S": owner},
@@ -396,19 +418,31 @@ class DynamoDBTurnLocks(_OneLockPerKey):
             "expires": {"N": str(int(until) + 3600)},  # the table's TTL tidies up after
         }
 
-    async def _renew(self, item_key: dict[str, Any], owner: str) -> None:
-        while True:
-            await asyncio.sleep(DYNAMODB_LEASE_SECONDS / 3)
-            try:
-                await self._call(self._extend, item_key, owner)
-            except LockBackendError as exc:
-                log.warning("could not renew a thread lock: %s", exc)
+    async def _take(self, key: str, owner: str) -> bool:
+        return await asyncio.to_thread(self._take_now, key, owner)
 
-    def _extend(self, item_key: dict[str, Any], owner: str) -> None:
-        lease = self._lease(owner, time.time())
-        self._client.update_item(
+    def _take_now(self, key: str, owner: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={**self._item_key(key), **self._lease(owner)},
+                ConditionExpression="attribute_not_exists(pk) OR lease_until < :now",
+                ExpressionAttributeValues={":now": {"N": str(int(time.time() * 1000))}},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    async def _extend(self, key: str, owner: str) -> None:
+        lease = self._lease(owner)
+        await asyncio.to_thread(
+            self._client.update_item,
             TableName=self._table,
-            Key=item_key,
+            Key=self._item_key(key),
             UpdateExpression="SET lease_until = :until, expires = :expires",
             ConditionExpression="#owner = :owner",
             ExpressionAttributeNames={"#owner": "owner"},
@@ -419,13 +453,16 @@ class DynamoDBTurnLocks(_OneLockPerKey):
             },
         )
 
-    def _release(self, item_key: dict[str, Any], owner: str) -> None:
+    async def _release(self, key: str, owner: str) -> None:
+        await asyncio.to_thread(self._release_now, key, owner)
+
+    def _release_now(self, key: str, owner: str) -> None:
         from botocore.exceptions import ClientError
 
         try:
             self._client.delete_item(
                 TableName=self._table,
-                Key=item_key,
+                Key=self._item_key(key),
                 ConditionExpression="#owner = :owner",
                 ExpressionAttributeNames={"#owner": "owner"},
                 ExpressionAttributeValues={":owner": {"S": owner}},
@@ -434,50 +471,22 @@ class DynamoDBTurnLocks(_OneLockPerKey):
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
 
-    def setup_guard(self) -> AbstractAsyncContextManager[None]:
-        # The leases live in the table setup creates; creating it is safe to race.
-        return contextlib.nullcontext()
-
     async def ping(self) -> None:
-        await self._call(lambda: self._client.describe_table(TableName=self._table))
+        await self._guarded(asyncio.to_thread(self._client.describe_table, TableName=self._table))
 
 
-class FirestoreTurnLocks(_OneLockPerKey):
-    """A lease document per thread (`<prefix>_locks/<key>`): created if absent, or taken over
-    once lapsed with the read's update time as precondition (so two takers never both win),
-    renewed while the turn runs, deleted by its owner; it expires if the holder dies."""
+class FirestoreTurnLocks(_LeaseLocks):
+    """Leases as documents `<prefix>_locks/<key>`: created if absent, or taken over once
+    lapsed with the read's update time as precondition (so two takers never both win)."""
 
     def __init__(self, client: Any, collection_prefix: str) -> None:
         self._client = client
         self._locks = client.collection(f"{collection_prefix}_locks")
 
-    @asynccontextmanager
-    async def _hold_one(self, key: str, deadline: float) -> AsyncIterator[None]:
-        from urllib.parse import quote
+    def _lease_seconds(self) -> float:
+        return FIRESTORE_LEASE_SECONDS
 
-        doc = self._locks.document(quote(key, safe=""))
-        owner = uuid.uuid4().hex
-        wait = POLL_SECONDS
-        while not await self._guarded(self._try_take(doc, owner)):
-            if time.monotonic() >= deadline:
-                raise ThreadBusyError(key)
-            await asyncio.sleep(min(wait, _remaining(deadline)))
-            wait = min(wait * 2, FIRESTORE_MAX_POLL_SECONDS)  # requests are billed: back off
-        renewal = asyncio.create_task(self._renew(doc, owner))
-        try:
-            yield
-        finally:
-            renewal.cancel()
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewal
-                try:
-                    await self._guarded(self._change(doc, owner, delete=True))
-                except LockBackendError as exc:
-                    log.warning("could not release a thread lock (it will expire): %s", exc)
-
-    @staticmethod
-    async def _guarded(call: Any) -> Any:
+    async def _guarded(self, call: Any) -> Any:
         from google.api_core.exceptions import GoogleAPIError
 
         try:
@@ -485,13 +494,18 @@ class FirestoreTurnLocks(_OneLockPerKey):
         except GoogleAPIError as exc:
             raise LockBackendError(f"Firestore unavailable for the thread lock: {exc}") from None
 
-    @staticmethod
-    def _lease(owner: str) -> dict[str, Any]:
-        return {"owner": owner, "lease_until": time.time() + FIRESTORE_LEASE_SECONDS}
+    def _doc(self, key: str) -> Any:
+        from urllib.parse import quote
 
-    async def _try_take(self, doc: Any, owner: str) -> bool:
+        return self._locks.document(quote(key, safe=""))
+
+    def _lease(self, owner: str) -> dict[str, Any]:
+        return {"owner": owner, "lease_until": time.time() + self._lease_seconds()}
+
+    async def _take(self, key: str, owner: str) -> bool:
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition
 
+        doc = self._doc(key)
         try:
             await doc.create(self._lease(owner))
             return True
@@ -509,10 +523,17 @@ class FirestoreTurnLocks(_OneLockPerKey):
             return False
         return True
 
-    async def _change(self, doc: Any, owner: str, *, delete: bool = False) -> None:
+    async def _extend(self, key: str, owner: str) -> None:
+        await self._change(key, owner, delete=False)
+
+    async def _release(self, key: str, owner: str) -> None:
+        await self._change(key, owner, delete=True)
+
+    async def _change(self, key: str, owner: str, *, delete: bool) -> None:
         """Renew (or delete) the lease if it is still ours."""
         from google.api_core.exceptions import FailedPrecondition, NotFound
 
+        doc = self._doc(key)
         found = await doc.get()
         if not found.exists or (found.to_dict() or {}).get("owner") != owner:
             return  # lapsed and taken over: nothing of ours to change
@@ -522,17 +543,6 @@ class FirestoreTurnLocks(_OneLockPerKey):
                 await doc.delete(option=option)
             else:
                 await doc.update(self._lease(owner), option=option)
-
-    async def _renew(self, doc: Any, owner: str) -> None:
-        while True:
-            await asyncio.sleep(FIRESTORE_LEASE_SECONDS / 3)
-            try:
-                await self._guarded(self._change(doc, owner))
-            except LockBackendError as exc:
-                log.warning("could not renew a thread lock: %s", exc)
-
-    def setup_guard(self) -> AbstractAsyncContextManager[None]:
-        return contextlib.nullcontext()  # Firestore has nothing to set up
 
     async def ping(self) -> None:
         await self._guarded(self._locks.document("ping").get())
