@@ -23,6 +23,7 @@ from threadline.dev.services import DYNAMODB_LOCAL_CREDENTIALS
 
 MODEL_DELAY_SECONDS = 0.3
 LOCK_WAIT_SECONDS = 1.5
+EMULATOR_LOCK_WAIT_SECONDS = 5.0
 TURNS = 20
 
 
@@ -60,6 +61,8 @@ async def test_twenty_concurrent_turns_on_two_servers(
     request: pytest.FixtureRequest,
 ) -> None:
     env = backend_env(backend, postgres_db_url, plain_redis_url, openai_stub)
+    if backend in ("dynamodb", "firestore"):  # emulators are slower: a waiter waits longer
+        env["THREADLINE_TURN_LOCK_TIMEOUT_SECONDS"] = str(EMULATOR_LOCK_WAIT_SECONDS)
     if backend == "dynamodb":  # the lock is a conditional-write lease in the table
         env.update(
             THREADLINE_DYNAMODB_ENDPOINT_URL=request.getfixturevalue("dynamodb_endpoint"),
