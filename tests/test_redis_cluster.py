@@ -151,7 +151,7 @@ class Conversations:
         self.client = client
         self.acknowledged: dict[str, list[str]] = {t: [] for t in threads}
         self.acknowledged_at: list[tuple[float, str]] = []  # (monotonic time, thread)
-        self.errors: list[int] = []
+        self.errors: list[tuple[int, str]] = []  # status and the answer's detail
         self.stale: list[str] = []
         self._stop = asyncio.Event()
         self._tasks = [asyncio.create_task(self._converse(t)) for t in threads]
@@ -162,7 +162,7 @@ class Conversations:
             text = f"{thread}-{n}"
             response = await self.client.post("/agent/invoke", json=turn(thread, text))
             if response.status_code != 200:
-                self.errors.append(response.status_code)
+                self.errors.append((response.status_code, response.text[:300]))
                 continue
             self.acknowledged[thread].append(text)
             self.acknowledged_at.append((time.monotonic(), thread))
@@ -292,6 +292,8 @@ async def test_a_master_killed_under_load_loses_nothing(
         f"suspects, {left_in_journal} left"
     )
     assert resumed_after is not None, "the hot tier never served again"
+    log = server.log()
+    assert not conversations.errors, (conversations.errors, log[log.find("Traceback") :][:6000])
     conversations.check(finals)
     during = [
         thread

@@ -292,7 +292,7 @@ class RedisTurnLocks(_OneLockPerKey):
         )
         try:
             acquired = await lock.acquire()
-        except RedisError as exc:
+        except (RedisError, RuntimeError) as exc:  # RuntimeError: uvloop, a node killed mid-call
             raise LockBackendError(f"Redis unavailable for the thread lock: {exc}") from None
         if not acquired:
             raise ThreadBusyError(key)
@@ -306,7 +306,7 @@ class RedisTurnLocks(_OneLockPerKey):
                     await renewal
                 try:
                     await lock.release()
-                except (LockError, RedisError) as exc:
+                except (LockError, RedisError, RuntimeError) as exc:
                     log.warning("could not release a thread lock (it will expire): %s", exc)
 
     @staticmethod
@@ -317,7 +317,7 @@ class RedisTurnLocks(_OneLockPerKey):
             await asyncio.sleep(REDIS_LEASE_SECONDS / 3)
             try:
                 await lock.reacquire()
-            except (LockError, RedisError) as exc:
+            except (LockError, RedisError, RuntimeError) as exc:
                 log.warning("could not renew a thread lock: %s", exc)
 
     def setup_guard(self) -> AbstractAsyncContextManager[None]:

@@ -24,7 +24,10 @@ from threadline.observability.metrics import HOT_BREAKER_OPEN
 
 logger = logging.getLogger("threadline.checkpointers.tiered")
 
-REDIS_FAULTS = (RedisError, OSError, asyncio.TimeoutError)
+# What a Redis call raises when Redis fails it. uvloop raises RuntimeError ("the handler is
+# closed") when redis-py writes to a connection whose node was killed under it (a cluster
+# master SIGKILLed mid-call): that too is Redis failing, and Postgres serves instead.
+REDIS_FAULTS = (RedisError, OSError, asyncio.TimeoutError, RuntimeError)
 # Retries of a Redis call whose deadline fired late because the event loop had stalled.
 STALL_RETRIES = 2
 # The Redis deadline grows by this many times the event loop's current lag.
