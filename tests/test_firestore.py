@@ -22,8 +22,11 @@ from tests.fixtures.checkpointers import (
     assert_fully_conformant,
     human_texts,
     offline_agent,
+    receipt_of,
+    stored_turn,
     take_turns,
     thread_config,
+    thread_record,
 )
 from threadline.audit import AuditLog
 from threadline.checkpointers.firestore import FirestoreSaver
@@ -113,6 +116,11 @@ def orphan_chunks(docs: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 def kinds(docs: list[tuple[str, dict[str, Any]]]) -> set[str]:
     return {path.split("/")[-2].rsplit("_", 1)[-1] for path, _ in docs if path.count("/") > 1}
+
+
+def fs_record(*args: Any, **kwargs: Any) -> ThreadRecord:
+    """A test record whose metadata has a dotted key and a list (Firestore field paths)."""
+    return thread_record(*args, metadata={"k": "v", "a.b": [1]}, **kwargs)
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "aes"])
@@ -242,49 +250,11 @@ async def test_aes_values_copied_elsewhere_are_refused_and_copy_thread_rebinds(
             await saver.aget_tuple({"configurable": {"thread_id": stolen}})
 
 
-def _record(
-    key: str, tenant: str = "acme", user: str | None = "ada", at: float = 100.0
-) -> ThreadRecord:
-    return ThreadRecord(
-        thread_key=key,
-        tenant=tenant,
-        thread_id=key.split("/")[-1],
-        user_id=user,
-        title=f"title of {key}",
-        created_at=at,
-        updated_at=at,
-        message_count=2,
-        metadata={"k": "v", "a.b": [1]},
-    )
-
-
-async def _turn(saver: FirestoreSaver, thread: str, metadata: dict[str, Any]) -> str:
-    latest = await saver.aget_tuple({"configurable": {"thread_id": thread}})
-    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
-    if latest is not None:
-        config["configurable"]["checkpoint_id"] = latest.checkpoint["id"]
-    checkpoint = empty_checkpoint()
-    checkpoint["channel_values"] = {"messages": ["hi"]}
-    checkpoint["channel_versions"] = {"messages": saver.get_next_version(None, None)}
-    stored = await saver.aput(
-        config,
-        checkpoint,
-        {"source": "loop", "step": 1, **metadata},
-        checkpoint["channel_versions"],
-    )
-    return str(stored["configurable"]["checkpoint_id"])
-
-
-async def receipt_of(saver: FirestoreSaver, thread: str, name: str) -> str | None:
-    receipt = await saver.aget_receipt(thread, name)
-    return receipt.checkpoint_id if receipt else None
-
-
 async def test_receipts_and_records_round_trip(open_saver: Opener) -> None:
     async with open_saver() as saver:
-        first = _record("acme/t1", at=100.0)
+        first = fs_record("acme/t1", at=100.0)
         far = 4_000_000_000.0
-        c1 = await _turn(
+        c1 = await stored_turn(
             saver, "acme/t1", {**record_metadata(first), **receipts_metadata({"n1": "d1"}, far)}
         )
         assert saver.take_written_record("acme/t1") == first
@@ -295,9 +265,13 @@ async def test_receipts_and_records_round_trip(open_saver: Opener) -> None:
         # A later turn moves updated_at and the count; owner, title and creation stay; an
         # existing live receipt keeps naming the first checkpoint.
         later = ThreadRecord(
-            **{**_record("acme/t1", user="x", at=200.0).__dict__, "title": "o", "message_count": 4}
+            **{
+                **fs_record("acme/t1", user="x", at=200.0).__dict__,
+                "title": "o",
+                "message_count": 4,
+            }
         )
-        c2 = await _turn(
+        c2 = await stored_turn(
             saver,
             "acme/t1",
             {**record_metadata(later), **receipts_metadata({"n1": "dX", "n2": "d2"}, far)},
@@ -307,13 +281,17 @@ async def test_receipts_and_records_round_trip(open_saver: Opener) -> None:
         assert (record.title, record.user_id, record.created_at) == (first.title, "ada", 100.0)
         assert (record.updated_at, record.message_count) == (200.0, 4)
         assert [await receipt_of(saver, "acme/t1", n) for n in ("n1", "n2")] == [c1, c2]
-        await _turn(saver, "acme/t1", receipts_metadata({"old": "d"}, 1.0))
+        await stored_turn(saver, "acme/t1", receipts_metadata({"old": "d"}, 1.0))
         assert await saver.aget_receipt("acme/t1", "old") is None
 
         # Listings: a tenant's records newest first, by user, in pages; other tenants apart.
-        await _turn(saver, "acme/t2", record_metadata(_record("acme/t2", at=150.0)))
-        await _turn(saver, "acme/t3", record_metadata(_record("acme/t3", user="bob", at=300.0)))
-        await _turn(saver, "beta/t1", record_metadata(_record("beta/t1", tenant="beta", at=400.0)))
+        await stored_turn(saver, "acme/t2", record_metadata(fs_record("acme/t2", at=150.0)))
+        await stored_turn(
+            saver, "acme/t3", record_metadata(fs_record("acme/t3", user="bob", at=300.0))
+        )
+        await stored_turn(
+            saver, "beta/t1", record_metadata(fs_record("beta/t1", tenant="beta", at=400.0))
+        )
         keys = [r.thread_key for r in await saver.alist_thread_records(RecordQuery("acme"))]
         assert keys == ["acme/t3", "acme/t1", "acme/t2"]
         ada = await saver.alist_thread_records(RecordQuery("acme", user_id="ada", limit=1))
@@ -395,7 +373,7 @@ async def test_a_put_is_stored_whole_or_not_at_all(
         # The same with the record and receipts: the transaction's commit fails whole.
         latest = await saver.aget_tuple(config)
         assert latest is not None
-        record = _record(thread)
+        record = fs_record(thread)
         real_set = AsyncWriteBatch.set
 
         def set_then_break(self: AsyncWriteBatch, ref: Any, data: Any, *a: Any, **k: Any) -> Any:
@@ -405,7 +383,7 @@ async def test_a_put_is_stored_whole_or_not_at_all(
 
         monkeypatch.setattr(AsyncWriteBatch, "set", set_then_break)
         with pytest.raises(NotFound):
-            await _turn(
+            await stored_turn(
                 saver, thread, {**record_metadata(record), **receipts_metadata({"n": "d"}, 4e9)}
             )
         monkeypatch.setattr(AsyncWriteBatch, "set", real_set)
@@ -474,7 +452,7 @@ async def test_retention_keeps_latest_archives_restores_and_expires_a_thread(
         graph = offline_agent(saver)
         await take_turns(graph, config, turns)
         # The offline agent writes no record (the server adds it to a turn's metadata).
-        await saver.store.thread(thread_doc_id(thread)).set(record_doc(_record(thread)))
+        await saver.store.thread(thread_doc_id(thread)).set(record_doc(fs_record(thread)))
         keeper = ThreadKeeper(graph, open_archive(f"file://{tmp_path}"), AuditLog(tmp_path / "a"))
         record = await saver.aget_thread_record(thread)
         assert record is not None

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
@@ -273,6 +273,23 @@ class PostgresTurnLocks(_OneLockPerKey):
         await self._session.close()
 
 
+@asynccontextmanager
+async def _renewed_until_released(
+    renewal: Coroutine[Any, Any, None], release: Callable[[], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """Hold a lease: `renewal` runs beside the body; afterwards it stops and the lease is
+    released, shielded from cancellation (a cancelled turn still lets go of its thread)."""
+    renewing = asyncio.create_task(renewal)
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            await release()
+
+
 class RedisTurnLocks(_OneLockPerKey):
     """A Redis lease per thread, renewed while the turn runs; it expires if the holder dies."""
 
@@ -296,18 +313,15 @@ class RedisTurnLocks(_OneLockPerKey):
             raise LockBackendError(f"Redis unavailable for the thread lock: {exc}") from None
         if not acquired:
             raise ThreadBusyError(key)
-        renewal = asyncio.create_task(self._renew(lock))
-        try:
+
+        async def release() -> None:
+            try:
+                await lock.release()
+            except (LockError, RedisError, RuntimeError) as exc:
+                log.warning("could not release a thread lock (it will expire): %s", exc)
+
+        async with _renewed_until_released(self._renew(lock), release):
             yield
-        finally:
-            renewal.cancel()
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewal
-                try:
-                    await lock.release()
-                except (LockError, RedisError, RuntimeError) as exc:
-                    log.warning("could not release a thread lock (it will expire): %s", exc)
 
     @staticmethod
     async def _renew(lock: Any) -> None:
@@ -357,18 +371,15 @@ class _LeaseLocks(_OneLockPerKey):
                 raise ThreadBusyError(key)
             await asyncio.sleep(min(wait, _remaining(deadline)))
             wait = min(wait * 2, self.max_poll_seconds)
-        renewal = asyncio.create_task(self._renew(key, owner))
-        try:
+
+        async def release() -> None:
+            try:
+                await self._guarded(self._release(key, owner))
+            except LockBackendError as exc:
+                log.warning("could not release a thread lock (it will expire): %s", exc)
+
+        async with _renewed_until_released(self._renew(key, owner), release):
             yield
-        finally:
-            renewal.cancel()
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewal
-                try:
-                    await self._guarded(self._release(key, owner))
-                except LockBackendError as exc:
-                    log.warning("could not release a thread lock (it will expire): %s", exc)
 
     async def _renew(self, key: str, owner: str) -> None:
         while True:

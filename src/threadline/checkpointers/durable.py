@@ -87,6 +87,7 @@ from threadline.checkpointers.rows import (
     PreparedWrites,
     Statement,
     WriteRow,
+    checkpoint_config,
 )
 from threadline.checkpointers.serde import (
     SEALED,
@@ -852,11 +853,11 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         }
         writes = sorted(record.writes, key=_write_order)
         return CheckpointTuple(
-            config=_config(record.thread_id, record.checkpoint_ns, record.checkpoint_id),
+            config=checkpoint_config(record.thread_id, record.checkpoint_ns, record.checkpoint_id),
             checkpoint={**record.skeleton, "channel_values": values},  # type: ignore[typeddict-item]
             metadata=record.metadata,  # type: ignore[arg-type]
             parent_config=(
-                _config(record.thread_id, record.checkpoint_ns, record.parent_id)
+                checkpoint_config(record.thread_id, record.checkpoint_ns, record.parent_id)
                 if record.parent_id
                 else None
             ),
@@ -1021,16 +1022,6 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
                     "id": where[1],
                 },
             )
-
-
-def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableConfig:
-    return {
-        "configurable": {
-            "thread_id": thread_id,
-            "checkpoint_ns": checkpoint_ns,
-            "checkpoint_id": checkpoint_id,
-        }
-    }
 
 
 def _write_order(write: PendingWrite) -> tuple[Any, ...]:

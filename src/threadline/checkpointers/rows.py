@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import Checkpoint
+from langgraph.checkpoint.memory import InMemorySaver
 
 from threadline.checkpointers.receipts import Receipt
 from threadline.checkpointers.records import ThreadRecord
@@ -57,6 +58,23 @@ class PendingWrite(NamedTuple):
     idx: int
 
 
+def next_version(current: str | None) -> str:
+    """The channel version after `current`, as LangGraph's stock savers write them (ordered
+    strings); the stock method uses nothing of its saver."""
+    return InMemorySaver.get_next_version(cast(Any, None), current, None)
+
+
+def checkpoint_config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableConfig:
+    """The config that names one stored checkpoint (what every saver hands back)."""
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": checkpoint_ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }
+
+
 @dataclass
 class PreparedCheckpoint:
     """A checkpoint serialised once, ready for Postgres and for the hot tier."""
@@ -93,13 +111,7 @@ class PreparedCheckpoint:
 
     @property
     def next_config(self) -> RunnableConfig:
-        return {
-            "configurable": {
-                "thread_id": self.thread_id,
-                "checkpoint_ns": self.checkpoint_ns,
-                "checkpoint_id": self.checkpoint_id,
-            }
-        }
+        return checkpoint_config(self.thread_id, self.checkpoint_ns, self.checkpoint_id)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.checkpoint.sqlite.utils import pending_writes_sql, search_where
 
 from threadline.checkpointers.places import Place, checkpoint_place, write_place
+from threadline.checkpointers.rows import checkpoint_config
 from threadline.checkpointers.serde import dumps_at, loads_at
 
 INSERT_CHECKPOINT_SQL = (
@@ -109,13 +110,7 @@ class BoundSqlitePaths(AsyncSqliteSaver):
         )
         async with self.lock, self.conn.execute(INSERT_CHECKPOINT_SQL, row):
             await self.conn.commit()
-        return {
-            "configurable": {
-                "thread_id": configurable["thread_id"],
-                "checkpoint_ns": checkpoint_ns,
-                "checkpoint_id": checkpoint["id"],
-            }
-        }
+        return checkpoint_config(thread_id, checkpoint_ns, checkpoint["id"])
 
     async def aput_writes(
         self,
@@ -195,26 +190,10 @@ class BoundSqlitePaths(AsyncSqliteSaver):
             )
         ]
         return CheckpointTuple(
-            {
-                "configurable": {
-                    "thread_id": thread_id,
-                    "checkpoint_ns": checkpoint_ns,
-                    "checkpoint_id": checkpoint_id,
-                }
-            },
+            checkpoint_config(*key),
             loads_at(self.serde, (type_tag, blob), place),
             cast(CheckpointMetadata, json.loads(metadata) if metadata is not None else {}),
-            (
-                {
-                    "configurable": {
-                        "thread_id": thread_id,
-                        "checkpoint_ns": checkpoint_ns,
-                        "checkpoint_id": parent_id,
-                    }
-                }
-                if parent_id
-                else None
-            ),
+            checkpoint_config(thread_id, checkpoint_ns, parent_id) if parent_id else None,
             writes,
         )
 

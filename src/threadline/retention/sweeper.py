@@ -132,15 +132,11 @@ class Sweeper:
         oldest first with no cursor, so the listing is asked again, twice as long each time,
         until it comes back short: a few queries, however many threads have expired."""
         records = self.keeper.records
-        if max_batches is not None:
-            limit = self.batch_size * max_batches
+        limit = self.batch_size * (max_batches or 1)
+        found = await records.alist_expired_records(now, self.default_ttl, limit)
+        while max_batches is None and len(found) >= limit:
+            limit *= 2
             found = await records.alist_expired_records(now, self.default_ttl, limit)
-        else:
-            limit = self.batch_size
-            found = await records.alist_expired_records(now, self.default_ttl, limit)
-            while len(found) >= limit:
-                limit *= 2
-                found = await records.alist_expired_records(now, self.default_ttl, limit)
         report.expired = len(found)
         report.thread_keys = [r.thread_key for r in found]
         if on_thread is not None:

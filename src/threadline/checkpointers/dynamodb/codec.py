@@ -12,7 +12,6 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
     Checkpoint,
@@ -46,22 +45,13 @@ from threadline.checkpointers.places import (
     checkpoint_place,
     write_place,
 )
+from threadline.checkpointers.rows import checkpoint_config
 from threadline.checkpointers.serde import ValueSealer, dumps_at, loads_at, rebound
 
 # Checkpoint item attributes: `m` sealed metadata, `h` a frozen delta history (see
 # `history.freeze`), `has` channels with a stored value, `nulls` channels whose value is None,
 # `hch` channels `h` holds. Channel values (`b` items) and writes (`w` items) keep theirs in `v`.
 PAYLOAD = ("m", "h", "v")
-
-
-def config_of(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
-    return {
-        "configurable": {
-            "thread_id": thread_id,
-            "checkpoint_ns": ns,
-            "checkpoint_id": checkpoint_id,
-        }
-    }
 
 
 def thread_of(item: Mapping[str, Any]) -> str:
@@ -181,10 +171,10 @@ class Codec:
                 values[ch] = loads_at(self.serde, data, blob_place(thread, ns, ch, version))
         parent = parent_of(item)
         return CheckpointTuple(
-            config=config_of(thread, ns, cid),
+            config=checkpoint_config(thread, ns, cid),
             checkpoint={**skeleton, "channel_values": values},  # type: ignore[typeddict-item]
             metadata=self.metadata(item),  # type: ignore[arg-type]
-            parent_config=config_of(thread, ns, parent) if parent else None,
+            parent_config=checkpoint_config(thread, ns, parent) if parent else None,
             pending_writes=[
                 (str(s(w, "task")), str(s(w, "channel")), self.write_value(w))
                 for w in sorted(writes, key=write_order)

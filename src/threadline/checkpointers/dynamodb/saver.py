@@ -14,7 +14,6 @@ worker threads; neither holds a lock, and any number of savers may share the tab
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -45,7 +44,6 @@ from threadline.checkpointers.dynamodb.codec import (
     Codec,
     blob_keys,
     cid_of,
-    config_of,
     ns_of,
 )
 from threadline.checkpointers.dynamodb.history import SharedHistories, delta_history
@@ -64,6 +62,7 @@ from threadline.checkpointers.dynamodb.table import Action, Table, dynamodb_clie
 from threadline.checkpointers.dynamodb.thread_records import TableRecords
 from threadline.checkpointers.receipts import receipts_in
 from threadline.checkpointers.records import record_in
+from threadline.checkpointers.rows import checkpoint_config, next_version
 from threadline.checkpointers.serde import metadata_matches
 
 T = TypeVar("T")
@@ -136,14 +135,7 @@ class DynamoDBSaver(TableRecords, ThreadMaintenance, BaseCheckpointSaver[str]):
         return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     def get_next_version(self, current: str | None, channel: None) -> str:
-        """Versions as the stock savers make them: ordered strings."""
-        if current is None:
-            current_v = 0
-        elif isinstance(current, int):
-            current_v = current
-        else:
-            current_v = int(current.split(".")[0])
-        return f"{current_v + 1:032}.{random.random():016}"
+        return next_version(current)
 
     # ----------------------------------------------------------------- writes
 
@@ -171,7 +163,7 @@ class DynamoDBSaver(TableRecords, ThreadMaintenance, BaseCheckpointSaver[str]):
         # New channel values and chunks: nothing refers to them before the checkpoint does.
         first = [c for f in [*values, fitted] for c in f.chunks] + [f.item for f in values]
         self.table.commit(first, actions)
-        return config_of(thread_id, ns, checkpoint["id"])
+        return checkpoint_config(thread_id, ns, checkpoint["id"])
 
     def put_writes(
         self,

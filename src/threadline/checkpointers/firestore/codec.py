@@ -14,7 +14,6 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
     Checkpoint,
@@ -33,22 +32,13 @@ from threadline.checkpointers.firestore.layout import (
     write_id_of,
 )
 from threadline.checkpointers.places import Place, blob_place, checkpoint_place, write_place
+from threadline.checkpointers.rows import checkpoint_config
 from threadline.checkpointers.serde import ValueSealer, dumps_at, loads_at, rebound
 
 # Bytes fields a document may chunk: `m` sealed metadata and `h` a frozen delta history (see
 # `history.freeze`) of a checkpoint; `v` the value of a channel version or a write. Each has
 # its type tag in `<field>t`.
 PAYLOAD = ("m", "h", "v")
-
-
-def config_of(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
-    return {
-        "configurable": {
-            "thread_id": thread_id,
-            "checkpoint_ns": ns,
-            "checkpoint_id": checkpoint_id,
-        }
-    }
 
 
 def skeleton_of(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,10 +144,10 @@ class Codec:
                 values[blob["ch"]] = self.blob_value(thread_id, blob)
         parent = doc.get("parent")
         return CheckpointTuple(
-            config=config_of(thread_id, ns, cid),
+            config=checkpoint_config(thread_id, ns, cid),
             checkpoint={**skeleton_of(doc), "channel_values": values},  # type: ignore[typeddict-item]
             metadata=self.metadata(thread_id, doc),  # type: ignore[arg-type]
-            parent_config=config_of(thread_id, ns, parent) if parent else None,
+            parent_config=checkpoint_config(thread_id, ns, parent) if parent else None,
             pending_writes=[
                 (str(w["task"]), str(w["ch"]), self.write_value(thread_id, w))
                 for w in sorted(writes, key=write_order)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -42,7 +41,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from threadline.checkpointers.delta import DEFAULT_HISTORY_CACHE_BYTES, HistoryCache
-from threadline.checkpointers.firestore.codec import PAYLOAD, Codec, config_of
+from threadline.checkpointers.firestore.codec import PAYLOAD, Codec
 from threadline.checkpointers.firestore.history import delta_history
 from threadline.checkpointers.firestore.layout import (
     BLOBS,
@@ -62,6 +61,7 @@ from threadline.checkpointers.firestore.thread_records import FirestoreRecords, 
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
 from threadline.checkpointers.receipts import receipts_in
 from threadline.checkpointers.records import WrittenRecords, record_in
+from threadline.checkpointers.rows import checkpoint_config, next_version
 from threadline.checkpointers.serde import metadata_matches
 
 DEFAULT_COLLECTION_PREFIX = "threadline"
@@ -126,14 +126,7 @@ class FirestoreSaver(
             await api.transport.close()
 
     def get_next_version(self, current: str | None, channel: None) -> str:
-        """Versions as the stock savers make them: ordered strings."""
-        if current is None:
-            current_v = 0
-        elif isinstance(current, int):
-            current_v = current
-        else:
-            current_v = int(current.split(".")[0])
-        return f"{current_v + 1:032}.{random.random():016}"
+        return next_version(current)
 
     # ----------------------------------------------------------------- writes
 
@@ -179,7 +172,7 @@ class FirestoreSaver(
                 await self._purge_receipts(thread_id)
         else:
             await self.store.commit(ahead, final)
-        return config_of(thread_id, ns, checkpoint["id"])
+        return checkpoint_config(thread_id, ns, checkpoint["id"])
 
     async def _purge_receipts(self, thread_id: str) -> None:
         """Forget the thread's expired receipts (a turn that writes receipts does it, as the
