@@ -23,7 +23,7 @@ from tests.fixtures.checkpointers import (
 )
 from threadline.checkpointers import open_checkpointer
 from threadline.checkpointers.durable import DurablePostgresSaver
-from threadline.checkpointers.tiered import TieredSaver
+from threadline.checkpointers.tiered import COMMIT_DELAY_SECONDS, TieredSaver
 from threadline.settings import Settings
 
 
@@ -275,6 +275,37 @@ async def test_staged_changes_are_committed_before_the_saver_closes(open_tiered,
     erase_thread_rows(postgres_db_url, config["configurable"]["thread_id"])
     async with open_tiered() as reader:
         assert human_texts(await echo_graph(reader).aget_state(config)) == ["one", "two"]
+
+
+async def test_writes_of_many_threads_are_committed_together_in_one_round_trip(
+    open_tiered, monkeypatch
+):
+    """A thread whose next turn is not soon leaves its commit to the flush: every entry
+    waiting then is committed in one Redis round trip, and another replica reads each from
+    Redis (not from Postgres) afterwards."""
+    threads = [f"flush-{n}-{uuid.uuid4().hex[:6]}" for n in range(12)]
+    async with open_tiered() as writer, open_tiered() as replica:
+        for thread_id in threads:
+            config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+            await writer.aput(config, empty_checkpoint(), {"step": 0}, {})
+        for thread_id in threads:
+            assert (await replica.hot.read(thread_id, "")).pending  # staged, not yet served
+
+        sends = 0
+        original = AbstractConnection.send_packed_command
+
+        async def counting(self, command, check_health=True):
+            nonlocal sends
+            sends += 1
+            return await original(self, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+        await asyncio.sleep(COMMIT_DELAY_SECONDS + 0.15)
+        monkeypatch.undo()
+        assert sends == 1, f"committing {len(threads)} entries took {sends} round trips"
+        for thread_id in threads:
+            found = await replica.hot.read(thread_id, "")
+            assert found.record is not None and not found.pending, thread_id
 
 
 async def test_many_concurrent_reads_never_run_out_of_redis_connections(

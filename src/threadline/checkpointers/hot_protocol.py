@@ -30,7 +30,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-SCRIPT_NAMES = ("install", "writes", "read", "commit", "invalidate")
+SCRIPT_NAMES = ("install", "writes", "read", "invalidate")
 
 
 def _source(name: str) -> str:
@@ -153,9 +153,10 @@ def read_call(
     return ScriptCall(list(keys), args)
 
 
-def commit_call(entry: str, tokens: Sequence[str]) -> ScriptCall:
-    """`commit.lua`: the staged changes `tokens` are durable."""
-    return ScriptCall([entry], [len(tokens), *tokens])
+def staged_field(token: str) -> bytes:
+    """The field of a staged change: deleting it commits the change (as `entry.lua`'s
+    `commit` does inside the scripts)."""
+    return b"p:" + token.encode()
 
 
 def invalidate_call(

@@ -235,11 +235,11 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             return False
         return True
 
-    async def _commit_in_redis(self, key: Key, tokens: Sequence[str]) -> bool:
+    async def _commit_in_redis(self, staged: Mapping[Key, Sequence[str]]) -> bool:
         if not self.guard.available:
             return False
         try:
-            await self.guard.call(lambda: self.hot.commit(*key, tokens))
+            await self.guard.call(lambda: self.hot.commit(staged))
         except REDIS_FAULTS as exc:
             self.guard.failed(exc)
             return False

@@ -1,2 +1,0 @@
-commit(KEYS[1], 1)
-return 1
