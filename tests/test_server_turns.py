@@ -169,3 +169,53 @@ async def test_a_second_turn_on_a_busy_thread_gets_409(
         after = await client.post("/agent/invoke", json=turn("now it is free", thread))
         assert after.status_code == 200
     assert len(openai_stub.completions) == 3
+
+
+COUNT_ROWS = "SELECT (SELECT count(*) FROM checkpoints), (SELECT count(*) FROM checkpoint_writes)"
+REFUSE_CHECKPOINTS = """
+CREATE FUNCTION refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'going away' USING ERRCODE = '57P01'; END $$;
+CREATE TRIGGER refuse_checkpoint BEFORE INSERT ON checkpoints
+    FOR EACH ROW EXECUTE FUNCTION refuse_checkpoint();
+"""
+
+
+@pytest.mark.parametrize("backend", ["postgres", "tiered"])
+async def test_a_turn_postgres_refuses_at_its_commit_leaves_nothing_behind(
+    backend: str,
+    openai_stub: OpenAIStub,
+    postgres_db_url: str,
+    plain_redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A turn stores several rows (the transcript's new messages as writes on the previous
+    checkpoint, then the new checkpoint): Postgres failing at the checkpoint must take the
+    writes with it, or the next turn would replay the refused turn's messages."""
+    import psycopg
+
+    for name, value in openai_stub.env().items():
+        monkeypatch.setenv(name, value)
+    stores = {"postgres_url": postgres_db_url}
+    if backend == "tiered":
+        stores["redis_url"] = plain_redis_url
+    settings = settings_for(model="openai:gpt-4o-mini", checkpointer=backend, **stores)
+    thread = f"refused-{uuid.uuid4().hex[:8]}"
+    async with asgi_client(settings) as client:
+        assert (await client.post("/agent/invoke", json=turn("my name is Ada", thread))).is_success
+        with psycopg.connect(postgres_db_url, autocommit=True) as conn:
+            rows_before = conn.execute(COUNT_ROWS).fetchone()
+            conn.execute(REFUSE_CHECKPOINTS)
+        refused = await client.post("/agent/invoke", json=turn("I keep bees", thread))
+        assert refused.status_code == 503, refused.text
+        with psycopg.connect(postgres_db_url, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER refuse_checkpoint ON checkpoints")
+            assert conn.execute(COUNT_ROWS).fetchone() == rows_before  # not a row of it
+        answered = await client.post("/agent/invoke", json=turn("what do I keep?", thread))
+        assert answered.status_code == 200, answered.text
+        assert await transcript(client, thread) == [
+            "my name is Ada",
+            "echo: my name is Ada",
+            "what do I keep?",
+            "echo: what do I keep?",
+        ]
+    assert openai_stub.last_request.texts("user") == ["my name is Ada", "what do I keep?"]

@@ -85,6 +85,7 @@ from threadline.checkpointers.rows import (
     PendingWrite,
     PreparedCheckpoint,
     PreparedWrites,
+    SaverCall,
     Statement,
     WriteRow,
     checkpoint_config,
@@ -494,16 +495,55 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
     ) -> None:
         """Store the checkpoint, its receipts and thread record (and `also` statements) in one
         transaction, one round trip; the record as stored is kept for `take_written_record`."""
+        await self.write_prepared([prepared], also)
+
+    async def write_prepared(
+        self,
+        prepared: Sequence[PreparedCheckpoint | PreparedWrites],
+        also: Iterable[Statement] = (),
+    ) -> None:
+        """Store checkpoints and pending writes, in order, with the checkpoints' receipts and
+        thread records (and `also` statements), in one transaction: one round trip."""
+        records = [p.record for p in prepared if isinstance(p, PreparedCheckpoint) and p.record]
         async with self.cursor(pipeline=True) as cur:
-            if prepared.blob_rows:
-                await cur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, prepared.blob_rows)
-            await cur.execute(self.UPSERT_CHECKPOINTS_SQL, prepared.row)
-            for sql, params in [*_receipt_statements(prepared), *also]:
+            for one in prepared:
+                if isinstance(one, PreparedWrites):
+                    if one.rows:
+                        sql = (
+                            self.UPSERT_CHECKPOINT_WRITES_SQL
+                            if one.upsert
+                            else self.INSERT_CHECKPOINT_WRITES_SQL
+                        )
+                        await cur.executemany(sql, one.rows)
+                    continue
+                if one.blob_rows:
+                    await cur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, one.blob_rows)
+                await cur.execute(self.UPSERT_CHECKPOINTS_SQL, one.row)
+                for sql, params in _receipt_statements(one):
+                    await cur.execute(sql, params)
+            for sql, params in also:
                 await cur.execute(sql, params)
-            if prepared.record is not None:  # last: its RETURNING row ends the pipeline
-                await cur.execute(*_record_statement(prepared.record))
-                if row := await cur.fetchone():
-                    self.written_records.put(ThreadRecord(**row))
+            for record in records:  # last: the last one's RETURNING row ends the pipeline
+                await cur.execute(*_record_statement(record))
+            if records and (row := await cur.fetchone()):
+                self.written_records.put(ThreadRecord(**row))
+
+    async def aput_many(self, calls: Sequence[SaverCall]) -> None:
+        """A turn's puts and writes, in the order LangGraph made them, stored all or nothing in
+        one transaction (one round trip instead of one per call)."""
+        prepared = [self.prepare_call(call) for call in calls]
+        await self.write_prepared(prepared)
+        for one in prepared:
+            if isinstance(one, PreparedCheckpoint):
+                await self.settle_snapshots(one)
+
+    def prepare_call(self, call: SaverCall) -> PreparedCheckpoint | PreparedWrites:
+        method, args = call
+        if method == "aput":
+            return self.prepare_put(*args)
+        if method == "aput_writes":
+            return self.prepare_writes(*args)
+        raise ValueError(f"not a saver write: {method}")
 
     async def aput(
         self,
@@ -617,16 +657,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         return PreparedWrites(thread_id, checkpoint_ns, checkpoint_id, rows, upsert)
 
     async def write_writes(self, prepared: PreparedWrites, also: Iterable[Statement] = ()) -> None:
-        sql = (
-            self.UPSERT_CHECKPOINT_WRITES_SQL
-            if prepared.upsert
-            else self.INSERT_CHECKPOINT_WRITES_SQL
-        )
-        async with self.cursor(pipeline=True) as cur:
-            if prepared.rows:
-                await cur.executemany(sql, prepared.rows)
-            for stmt, params in also:
-                await cur.execute(stmt, params)
+        await self.write_prepared([prepared], also)
 
     async def aput_writes(
         self,

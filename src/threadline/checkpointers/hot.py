@@ -25,7 +25,7 @@ import os
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import ormsgpack
 from langgraph.checkpoint.base import DeltaChannelHistory, writes_sort_key
@@ -92,10 +92,16 @@ class HotRead:
     histories: dict[str, HotHistory] = field(default_factory=dict)
 
 
-Through = Callable[[Callable[[], Awaitable[int]]], Awaitable[int]]
+T = TypeVar("T")
 
 
-async def _directly(call: Callable[[], Awaitable[int]]) -> int:
+class Through(Protocol):
+    """Runs one Redis call: the caller's deadline (`RedisGuard.call`), or nothing."""
+
+    def __call__(self, call: Callable[[], Awaitable[T]], /) -> Awaitable[T]: ...
+
+
+async def _directly(call: Callable[[], Awaitable[T]], /) -> T:
     return await call()
 
 
@@ -568,6 +574,39 @@ class HotTier:
         self, prepared: PreparedWrites, token: str, commits: Sequence[str] = ()
     ) -> bool:
         """Stage pending writes under `token` if the entry holds their checkpoint."""
+        call = self._writes_call(prepared, token, commits)
+        return int(await self.scripts.run("writes", call)) == 1
+
+    async def put_many(
+        self,
+        prepared: Sequence[PreparedCheckpoint | PreparedWrites],
+        token: str,
+        commits: Sequence[str] = (),
+        *,
+        through: Through = _directly,
+    ) -> None:
+        """Stage a turn's checkpoints and writes of one entry, in order, under one `token`, in
+        one round trip (a checkpoint whose parent Redis lacks follows whole, in a second)."""
+        calls: list[tuple[str, ScriptCall]] = []
+        for position, one in enumerate(prepared):
+            carried = commits if position == 0 else ()
+            if isinstance(one, PreparedWrites):
+                calls.append(("writes", self._writes_call(one, token, carried)))
+            else:
+                partial = self.partial_install(one, token, carried)
+                calls.append(("install", partial or self.full_install(one, token, carried)))
+        results: list[Any] = await through(lambda: self.scripts.run_together(calls))
+        whole = [
+            ("install", self.full_install(one, token, ()))
+            for one, result in zip(prepared, results, strict=True)
+            if isinstance(one, PreparedCheckpoint) and int(result) < 0
+        ]
+        if whole:
+            await through(lambda: self.scripts.run_together(whole))
+
+    def _writes_call(
+        self, prepared: PreparedWrites, token: str, commits: Sequence[str]
+    ) -> ScriptCall:
         fields = [
             (
                 write_field(r.task_id, r.idx, r.channel),
@@ -575,7 +614,7 @@ class HotTier:
             )
             for r in prepared.rows
         ]
-        call = writes_call(
+        return writes_call(
             self.keys(prepared.thread_id, prepared.checkpoint_ns),
             ttl_ms=self.ttl_ms,
             checkpoint_id=prepared.checkpoint_id,
@@ -584,7 +623,6 @@ class HotTier:
             commits=commits,
             fields=fields,
         )
-        return int(await self.scripts.run("writes", call)) == 1
 
     # ----------------------------------------------------------- invalidation
 

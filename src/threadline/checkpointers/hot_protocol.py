@@ -29,6 +29,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 SCRIPT_NAMES = ("install", "writes", "read", "invalidate")
 
@@ -54,10 +55,34 @@ class Scripts:
     """The scripts registered on one client (`EVALSHA`, loaded on first use)."""
 
     def __init__(self, client: Redis) -> None:
+        self._client = client
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
 
     async def run(self, name: str, call: ScriptCall) -> Any:
         return await self._scripts[name](keys=call.keys, args=call.args)
+
+    async def run_together(self, calls: Sequence[tuple[str, ScriptCall]]) -> list[Any]:
+        """Several calls in one round trip (a pipeline, not a transaction: each script is
+        atomic by itself). Calls refused for a script Redis lacks (after a restart or a
+        failover) run again once it is loaded; any other error is raised."""
+        results = await self._pipelined(calls)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            for name in sorted({calls[i][0] for i in missing}):
+                await self._client.script_load(self._scripts[name].script)
+            again = await self._pipelined([calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _pipelined(self, calls: Sequence[tuple[str, ScriptCall]]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name, call in calls:
+                pipe.evalsha(self._scripts[name].sha, len(call.keys), *call.keys, *call.args)
+            return list(await pipe.execute(raise_on_error=False))
 
 
 # ------------------------------------------------------------------ field names

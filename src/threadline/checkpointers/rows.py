@@ -20,6 +20,8 @@ from threadline.checkpointers.records import ThreadRecord
 from threadline.compat import DeltaSnapshot
 
 Statement = tuple[str, Sequence[Any]]  # SQL and its parameters
+# One saver write as LangGraph made it: ("aput", its arguments) or ("aput_writes", its arguments).
+SaverCall = tuple[str, tuple[Any, ...]]
 
 
 class BlobRow(NamedTuple):

@@ -136,8 +136,11 @@ class StagedSaver(BaseCheckpointSaver):
         if last_put is not None:  # protected first: the record is sealed as it will be read
             staged[last_put] = ("aput", self._with_sealed_record(staged[last_put][1]))
         with timed_op(self._backend, "all", "put"):
-            for method, args in staged:
-                await getattr(self._saver, method)(*args)
+            if (put_many := getattr(self._saver, "aput_many", None)) is not None:
+                await put_many(staged)  # one transaction: all or nothing
+            else:
+                for method, args in staged:
+                    await getattr(self._saver, method)(*args)
         return counts
 
     def _with_sealed_record(self, args: tuple[Any, ...]) -> tuple[Any, ...]:

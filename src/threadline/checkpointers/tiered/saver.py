@@ -43,6 +43,7 @@ from threadline.checkpointers.rows import (
     CheckpointRecord,
     PreparedCheckpoint,
     PreparedWrites,
+    SaverCall,
     Statement,
 )
 from threadline.checkpointers.serde import loads_at
@@ -112,6 +113,30 @@ class PendingWrites(_Prepared):
     async def stage(self, token: str, commits: Sequence[str]) -> None:
         hot, prepared = self.saver.hot, self.prepared
         await self.saver.guard.call(lambda: hot.put_writes(prepared, token, commits))
+
+
+@dataclass
+class TurnWrites:
+    """A turn's checkpoints and writes of one entry: one Postgres transaction, one Redis
+    round trip staging them all under one token."""
+
+    saver: TieredSaver
+    prepared: list[PreparedCheckpoint | PreparedWrites]
+
+    @property
+    def key(self) -> Key:
+        return (self.prepared[0].thread_id, self.prepared[0].checkpoint_ns)
+
+    @property
+    def checkpoint_id(self) -> str:
+        return max(one.checkpoint_id for one in self.prepared)  # ids sort by time
+
+    async def store(self, also: Sequence[Statement]) -> None:
+        await self.saver.durable.write_prepared(self.prepared, also)
+
+    async def stage(self, token: str, commits: Sequence[str]) -> None:
+        hot, through = self.saver.hot, self.saver.guard.call
+        await hot.put_many(self.prepared, token, commits, through=through)
 
 
 T = TypeVar("T")
@@ -437,6 +462,31 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
     ) -> None:
         prepared = self.durable.prepare_writes(config, writes, task_id, task_path)
         await self._write(PendingWrites(self, prepared))
+
+    async def aput_many(self, calls: Sequence[SaverCall]) -> None:
+        """A turn's puts and writes, in order, all or nothing: one Postgres transaction and
+        one Redis round trip (instead of one of each per call)."""
+        prepared = [self.durable.prepare_call(call) for call in calls]
+        if not prepared:
+            return
+        newest: dict[Key, str] = {}
+        for one in prepared:
+            key = (one.thread_id, one.checkpoint_ns)
+            newest[key] = max(newest.get(key, ""), one.checkpoint_id)
+        if len(newest) == 1:
+            await self._write(TurnWrites(self, prepared))
+        else:  # several entries (subgraphs): Postgres alone, each entry repaired before reuse
+            also = [
+                statement
+                for key, checkpoint_id in newest.items()
+                for statement in self.journal.statements(key, checkpoint_id)
+            ]
+            await self.durable.write_prepared(prepared, also)
+            for key, checkpoint_id in newest.items():
+                self.journal.suspect(key, checkpoint_id)
+        for one in prepared:
+            if isinstance(one, PreparedCheckpoint):
+                await self.durable.settle_snapshots(one)
 
     async def _write(self, write: TierWrite) -> None:
         """Postgres and a staged Redis copy at once; commit the copy only if Postgres has it.
