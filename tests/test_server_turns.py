@@ -7,6 +7,7 @@ is counted at the HTTP level. The store is Postgres, as in a multi-replica deplo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -171,45 +172,77 @@ async def test_a_second_turn_on_a_busy_thread_gets_409(
     assert len(openai_stub.completions) == 3
 
 
-COUNT_ROWS = "SELECT (SELECT count(*) FROM checkpoints), (SELECT count(*) FROM checkpoint_writes)"
-REFUSE_CHECKPOINTS = """
-CREATE FUNCTION refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'going away' USING ERRCODE = '57P01'; END $$;
-CREATE TRIGGER refuse_checkpoint BEFORE INSERT ON checkpoints
-    FOR EACH ROW EXECUTE FUNCTION refuse_checkpoint();
-"""
+COUNT_ROWS = {
+    database: f"SELECT (SELECT count(*) FROM checkpoints), (SELECT count(*) FROM {writes})"
+    for database, writes in (("postgres", "checkpoint_writes"), ("sqlite", "writes"))
+}
+REFUSE = {
+    "postgres": """
+        CREATE FUNCTION refuse_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'going away' USING ERRCODE = '57P01'; END $$;
+        CREATE TRIGGER refuse_checkpoint BEFORE INSERT ON checkpoints
+            FOR EACH ROW EXECUTE FUNCTION refuse_checkpoint();
+    """,
+    "sqlite": """
+        CREATE TRIGGER refuse_checkpoint BEFORE INSERT ON checkpoints
+        BEGIN SELECT RAISE(ABORT, 'refused'); END;
+    """,
+}
+ALLOW = {
+    "postgres": "DROP TRIGGER refuse_checkpoint ON checkpoints",
+    "sqlite": "DROP TRIGGER refuse_checkpoint",
+}
 
 
-@pytest.mark.parametrize("backend", ["postgres", "tiered"])
-async def test_a_turn_postgres_refuses_at_its_commit_leaves_nothing_behind(
+@pytest.mark.parametrize("backend", ["postgres", "tiered", "sqlite"])
+async def test_a_turn_the_store_refuses_at_its_commit_leaves_nothing_behind(
     backend: str,
     openai_stub: OpenAIStub,
     postgres_db_url: str,
     plain_redis_url: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A turn stores several rows (the transcript's new messages as writes on the previous
-    checkpoint, then the new checkpoint): Postgres failing at the checkpoint must take the
-    writes with it, or the next turn would replay the refused turn's messages."""
+    checkpoint, then the new checkpoint): the store failing at the checkpoint must take the
+    writes with it, leaving no part of the refused turn stored."""
+    import sqlite3
+
     import psycopg
 
     for name, value in openai_stub.env().items():
         monkeypatch.setenv(name, value)
-    stores = {"postgres_url": postgres_db_url}
-    if backend == "tiered":
-        stores["redis_url"] = plain_redis_url
+    sqlite_path = tmp_path / "threads.sqlite"
+    stores: dict[str, object] = {
+        "postgres": {"postgres_url": postgres_db_url},
+        "tiered": {"postgres_url": postgres_db_url, "redis_url": plain_redis_url},
+        "sqlite": {"sqlite_path": sqlite_path},
+    }[backend]  # type: ignore[assignment]
     settings = settings_for(model="openai:gpt-4o-mini", checkpointer=backend, **stores)
+    database = "sqlite" if backend == "sqlite" else "postgres"
+
+    def rows_after(sql: str = "") -> tuple[int, ...]:
+        """Run `sql` on the store's database; the checkpoint and write rows it then holds."""
+        if database == "sqlite":
+            with contextlib.closing(sqlite3.connect(sqlite_path)) as conn:
+                conn.executescript(sql)
+                return tuple(conn.execute(COUNT_ROWS[database]).fetchone())
+        with psycopg.connect(postgres_db_url, autocommit=True) as conn:
+            if sql:
+                conn.execute(sql)
+            return tuple(conn.execute(COUNT_ROWS[database]).fetchone() or ())
+
     thread = f"refused-{uuid.uuid4().hex[:8]}"
     async with asgi_client(settings) as client:
         assert (await client.post("/agent/invoke", json=turn("my name is Ada", thread))).is_success
-        with psycopg.connect(postgres_db_url, autocommit=True) as conn:
-            rows_before = conn.execute(COUNT_ROWS).fetchone()
-            conn.execute(REFUSE_CHECKPOINTS)
-        refused = await client.post("/agent/invoke", json=turn("I keep bees", thread))
-        assert refused.status_code == 503, refused.text
-        with psycopg.connect(postgres_db_url, autocommit=True) as conn:
-            conn.execute("DROP TRIGGER refuse_checkpoint ON checkpoints")
-            assert conn.execute(COUNT_ROWS).fetchone() == rows_before  # not a row of it
+        rows_before = rows_after(REFUSE[database])
+        try:
+            response = await client.post("/agent/invoke", json=turn("I keep bees", thread))
+            refused = response.status_code
+        except sqlite3.IntegrityError:  # answered 500; the in-process transport re-raises it
+            refused = 500
+        assert refused >= 500
+        assert rows_after(ALLOW[database]) == rows_before  # not a row of the refused turn
         answered = await client.post("/agent/invoke", json=turn("what do I keep?", thread))
         assert answered.status_code == 200, answered.text
         assert await transcript(client, thread) == [

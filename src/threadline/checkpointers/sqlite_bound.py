@@ -36,7 +36,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.checkpoint.sqlite.utils import pending_writes_sql, search_where
 
 from threadline.checkpointers.places import Place, checkpoint_place, write_place
-from threadline.checkpointers.rows import checkpoint_config
+from threadline.checkpointers.rows import SaverCall, checkpoint_config
 from threadline.checkpointers.serde import dumps_at, loads_at
 
 INSERT_CHECKPOINT_SQL = (
@@ -91,26 +91,12 @@ class BoundSqlitePaths(AsyncSqliteSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        await self.setup()
-        configurable = config["configurable"]
-        thread_id, checkpoint_ns = str(configurable["thread_id"]), configurable["checkpoint_ns"]
-        place = sqlite_checkpoint_place(thread_id, checkpoint_ns, checkpoint["id"])
-        type_tag, blob = dumps_at(self.serde, checkpoint, place)
-        stored_metadata = json.dumps(
-            get_checkpoint_metadata(config, metadata), ensure_ascii=False
-        ).encode("utf-8", "ignore")
-        row = (
-            thread_id,
-            checkpoint_ns,
+        await self.aput_many([("aput", (config, checkpoint, metadata, new_versions))])
+        return checkpoint_config(
+            str(config["configurable"]["thread_id"]),
+            config["configurable"]["checkpoint_ns"],
             checkpoint["id"],
-            configurable.get("checkpoint_id"),
-            type_tag,
-            blob,
-            stored_metadata,
         )
-        async with self.lock, self.conn.execute(INSERT_CHECKPOINT_SQL, row):
-            await self.conn.commit()
-        return checkpoint_config(thread_id, checkpoint_ns, checkpoint["id"])
 
     async def aput_writes(
         self,
@@ -119,6 +105,59 @@ class BoundSqlitePaths(AsyncSqliteSaver):
         task_id: str,
         task_path: str = "",
     ) -> None:
+        await self.aput_many([("aput_writes", (config, writes, task_id, task_path))])
+
+    async def aput_many(self, calls: Sequence[SaverCall]) -> None:
+        """Puts and writes, in order, in one transaction: a turn is stored all or nothing."""
+        statements = [self._statement(method, *args) for method, args in calls]
+        await self.setup()
+        async with self.lock, self.conn.cursor() as cur:
+            try:
+                for sql, rows in statements:
+                    await cur.executemany(sql, rows)
+            except BaseException:
+                await self.conn.rollback()
+                raise
+            await self.conn.commit()
+
+    def _statement(self, method: str, *args: Any) -> tuple[str, list[tuple[Any, ...]]]:
+        if method == "aput":
+            return INSERT_CHECKPOINT_SQL, [self._checkpoint_row(*args)]
+        if method == "aput_writes":
+            return self._write_rows(*args)
+        raise ValueError(f"not a saver write: {method}")
+
+    def _checkpoint_row(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> tuple[Any, ...]:
+        configurable = config["configurable"]
+        thread_id, checkpoint_ns = str(configurable["thread_id"]), configurable["checkpoint_ns"]
+        place = sqlite_checkpoint_place(thread_id, checkpoint_ns, checkpoint["id"])
+        type_tag, blob = dumps_at(self.serde, checkpoint, place)
+        stored_metadata = json.dumps(
+            get_checkpoint_metadata(config, metadata), ensure_ascii=False
+        ).encode("utf-8", "ignore")
+        return (
+            thread_id,
+            checkpoint_ns,
+            checkpoint["id"],
+            configurable.get("checkpoint_id"),
+            type_tag,
+            blob,
+            stored_metadata,
+        )
+
+    def _write_rows(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> tuple[str, list[tuple[Any, ...]]]:
         configurable = config["configurable"]
         key = (
             str(configurable["thread_id"]),
@@ -133,10 +172,7 @@ class BoundSqlitePaths(AsyncSqliteSaver):
                 (*key, task_id, task_path, idx, channel, *dumps_at(self.serde, value, place))
             )
         upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes)
-        await self.setup()
-        async with self.lock, self.conn.cursor() as cur:
-            await cur.executemany(UPSERT_WRITES_SQL if upsert else INSERT_WRITES_SQL, rows)
-            await self.conn.commit()
+        return (UPSERT_WRITES_SQL if upsert else INSERT_WRITES_SQL), rows
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         await self.setup()
