@@ -9,6 +9,7 @@ import uuid
 import psycopg
 import pytest
 import redis
+from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from redis.asyncio.connection import AbstractConnection
@@ -18,6 +19,7 @@ from tests.fixtures.checkpointers import (
     echo_graph,
     erase_thread_rows,
     human_texts,
+    offline_agent,
     take_turns,
     thread_config,
 )
@@ -275,6 +277,27 @@ async def test_staged_changes_are_committed_before_the_saver_closes(open_tiered,
     erase_thread_rows(postgres_db_url, config["configurable"]["thread_id"])
     async with open_tiered() as reader:
         assert human_texts(await echo_graph(reader).aget_state(config)) == ["one", "two"]
+
+
+@pytest.mark.parametrize("durability", ["exit", "async"])
+async def test_the_transcript_history_is_served_from_redis_from_a_threads_first_turn(
+    open_tiered, postgres_db_url, durability
+):
+    """The agent's transcript is a delta channel: its history starts at the thread's first
+    checkpoint, which holds no value for it. Redis builds that history from the first turn
+    on, so another replica reads the whole transcript with Postgres out of the picture."""
+    config = thread_config("history")
+    async with open_tiered() as writer:
+        agent = offline_agent(writer)
+        for text in ("one", "two", "three"):
+            await agent.ainvoke({"messages": [HumanMessage(text)]}, config, durability=durability)
+    erase_thread_rows(postgres_db_url, config["configurable"]["thread_id"])
+    async with open_tiered() as replica:  # a process with nothing cached
+        assert human_texts(await offline_agent(replica).aget_state(config)) == [
+            "one",
+            "two",
+            "three",
+        ]
 
 
 async def test_writes_of_many_threads_are_committed_together_in_one_round_trip(

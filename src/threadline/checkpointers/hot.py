@@ -25,11 +25,13 @@ import os
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import ormsgpack
 from langgraph.checkpoint.base import DeltaChannelHistory, writes_sort_key
 from langgraph.checkpoint.serde.base import SerializerProtocol
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -236,6 +238,7 @@ class HotTier:
         self.ttl_ms = max(1, int(ttl_seconds * 1000))
         self.prefix = prefix
         self.scripts = Scripts(client)
+        self.cluster = isinstance(client, RedisCluster)
 
     @classmethod
     def from_url(
@@ -386,8 +389,8 @@ class HotTier:
         holds something newer. Each Redis call runs `through` (the caller's deadline), which
         times only the call: installs are built (serialised, compressed) before it.
         """
-        if (partial := self.partial_install(prepared, token, commits)) is not None:
-            done = await through(lambda: self.install(partial))
+        if (on_parent := self.partial_install(prepared, token, commits)) is not None:
+            done = await through(lambda: self.install(on_parent))
             if done >= 0:
                 return done == 1
         full = self.full_install(prepared, token, commits)
@@ -593,16 +596,20 @@ class HotTier:
             if isinstance(one, PreparedWrites):
                 calls.append(("writes", self._writes_call(one, token, carried)))
             else:
-                partial = self.partial_install(one, token, carried)
-                calls.append(("install", partial or self.full_install(one, token, carried)))
-        results: list[Any] = await through(lambda: self.scripts.run_together(calls))
+                on_parent = self.partial_install(one, token, carried)
+                calls.append(("install", on_parent or self.full_install(one, token, carried)))
+        results: list[Any]
+        if self.cluster:  # no scripts in a cluster pipeline: one call after another
+            results = [await through(partial(self.scripts.run, *call)) for call in calls]
+        else:
+            results = await through(lambda: self.scripts.run_together(calls))
         whole = [
             ("install", self.full_install(one, token, ()))
             for one, result in zip(prepared, results, strict=True)
             if isinstance(one, PreparedCheckpoint) and int(result) < 0
         ]
-        if whole:
-            await through(lambda: self.scripts.run_together(whole))
+        for name, call in whole:
+            await through(partial(self.scripts.run, name, call))
 
     def _writes_call(
         self, prepared: PreparedWrites, token: str, commits: Sequence[str]

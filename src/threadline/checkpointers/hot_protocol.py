@@ -64,7 +64,8 @@ class Scripts:
     async def run_together(self, calls: Sequence[tuple[str, ScriptCall]]) -> list[Any]:
         """Several calls in one round trip (a pipeline, not a transaction: each script is
         atomic by itself). Calls refused for a script Redis lacks (after a restart or a
-        failover) run again once it is loaded; any other error is raised."""
+        failover) run again once it is loaded; any other error is raised. Not on a cluster:
+        redis-py's cluster client pipelines no scripts."""
         results = await self._pipelined(calls)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:

@@ -15,11 +15,15 @@ if partial and cur ~= ARGV[4] and cur ~= id then return -1 end
 local advancing = partial and cur ~= id
 -- A history channel's history follows from the parent's: seeded from the parent's value
 -- ('seed') or extended by the parent's writes ('extend'); otherwise it is unknown here.
+-- The parent being a thread's first checkpoint ('up' empty), a channel it holds no value for
+-- has an empty history there, which the parent's writes extend.
 local mode = {}
 if advancing then
+  local root = redis.call('HGET', k, 'up') == ''
   for ch in pairs(hist) do
     if redis.call('HGET', k, 'n:' .. ch) == cur then mode[ch] = 'seed'
-    elseif redis.call('HGET', k, 'h:' .. ch) == cur then mode[ch] = 'extend' end
+    elseif redis.call('HGET', k, 'h:' .. ch) == cur then mode[ch] = 'extend'
+    elseif root and redis.call('HEXISTS', k, 'c:' .. ch) == 0 then mode[ch] = 'extend' end
   end
 end
 local stale = {}
