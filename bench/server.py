@@ -51,6 +51,7 @@ from threadline.settings import Settings
 
 CLIENTS = (1, 16, 64)
 WARMUP_TURNS = 2
+MIN_TURNS = 160  # per row: ~1 s of server CPU, so /proc's 10 ms ticks stay under 1%
 MESSAGE = ("threadline server bench " * 9)[:200]
 THREADLINE = str(Path(sys.executable).parent / "threadline")
 
@@ -77,6 +78,12 @@ class Result:
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def turns_for(clients: int, turns: int) -> int:
+    """Timed turns per client: at least MIN_TURNS in all, since the server's CPU is read from
+    /proc in 10 ms ticks."""
+    return max(turns, -(-MIN_TURNS // clients))
 
 
 def store_env(services: BenchServices) -> dict[str, str]:
@@ -159,7 +166,9 @@ async def bench_http(services: BenchServices, turns: int, log_path: Path) -> lis
                 response.raise_for_status()
 
             server_cpu = lambda: process_cpu_seconds(proc.pid)  # noqa: E731
-            return [await run_clients("http", n, turns, turn, server_cpu) for n in CLIENTS]
+            return [
+                await run_clients("http", n, turns_for(n, turns), turn, server_cpu) for n in CLIENTS
+            ]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
@@ -186,8 +195,8 @@ async def bench_in_process(services: BenchServices, turns: int) -> list[Result]:
                 await runner.invoke({"messages": [HumanMessage(MESSAGE)]}, config(thread))
 
         for n in CLIENTS:
-            results.append(await run_clients("graph", n, turns, graph_turn))
-            results.append(await run_clients("turn path", n, turns, turn_path))
+            results.append(await run_clients("graph", n, turns_for(n, turns), graph_turn))
+            results.append(await run_clients("turn path", n, turns_for(n, turns), turn_path))
     return results
 
 
@@ -225,7 +234,10 @@ def main() -> None:
     turns = 5 if args.quick else 20
     log_path = Path(".threadline/bench-server.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"{turns} timed turns per client after {WARMUP_TURNS} warm-up turns; tiered store")
+    print(
+        f"{turns} timed turns per client (at least {MIN_TURNS} per row) after {WARMUP_TURNS} "
+        "warm-up turns; tiered store"
+    )
     with bench_services() as services:
         results = asyncio.run(bench_in_process(services, turns))
         results += asyncio.run(bench_http(services, turns, log_path))

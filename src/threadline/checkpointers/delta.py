@@ -320,6 +320,8 @@ async def delta_history(
         else:
             result[ch] = found
     walk: list[str] = []
+    if not pending:  # all cached: no connection taken from the pool
+        return result
     # The writes at each ancestor (by its id), nearest first.
     newer: list[tuple[str, dict[str, list[StoredWrite]]]] = []
     target = key[2]
