@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -37,6 +40,24 @@ def raw_keys(redis_url: str, prefix: str) -> list[bytes]:
         client.close()
 
 
+@contextlib.contextmanager
+def redis_round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts what every Redis connection of this process sends meanwhile (a pipeline is one
+    send): `[n]` once the block ends."""
+    sends = [0]
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sends[0] += 1
+        await original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    try:
+        yield sends
+    finally:
+        monkeypatch.undo()
+
+
 async def test_hot_tier_serves_reads_from_redis_without_modules(
     open_tiered, plain_redis_url, postgres_db_url, monkeypatch
 ):
@@ -48,25 +69,16 @@ async def test_hot_tier_serves_reads_from_redis_without_modules(
         config = thread_config("plain")
         await take_turns(graph, config, ["one", "two", "three"])
 
-        sends = 0
-        original = AbstractConnection.send_packed_command
-
-        async def counting(self, command, check_health=True):
-            nonlocal sends
-            sends += 1
-            return await original(self, command, check_health)
-
-        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
         erase_thread_rows(postgres_db_url, config["configurable"]["thread_id"])
-        hit = await saver.aget_tuple(config)
-        monkeypatch.undo()
+        with redis_round_trips(monkeypatch) as sends:
+            hit = await saver.aget_tuple(config)
         assert hit is not None  # Postgres has nothing left: Redis answered
         assert [m.content for m in hit.checkpoint["channel_values"]["messages"]][::2] == [
             "one",
             "two",
             "three",
         ]
-        assert sends == 1, f"a hot read took {sends} round trips"
+        assert sends == [1], f"a hot read took {sends[0]} round trips"
 
 
 async def test_thread_keys_share_one_cluster_slot(open_tiered, plain_redis_url):
@@ -314,18 +326,9 @@ async def test_writes_of_many_threads_are_committed_together_in_one_round_trip(
         for thread_id in threads:
             assert (await replica.hot.read(thread_id, "")).pending  # staged, not yet served
 
-        sends = 0
-        original = AbstractConnection.send_packed_command
-
-        async def counting(self, command, check_health=True):
-            nonlocal sends
-            sends += 1
-            return await original(self, command, check_health)
-
-        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
-        await asyncio.sleep(COMMIT_DELAY_SECONDS + 0.15)
-        monkeypatch.undo()
-        assert sends == 1, f"committing {len(threads)} entries took {sends} round trips"
+        with redis_round_trips(monkeypatch) as sends:
+            await asyncio.sleep(COMMIT_DELAY_SECONDS + 0.15)
+        assert sends == [1], f"committing {len(threads)} entries took {sends[0]} round trips"
         for thread_id in threads:
             found = await replica.hot.read(thread_id, "")
             assert found.record is not None and not found.pending, thread_id
