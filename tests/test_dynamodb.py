@@ -331,6 +331,48 @@ async def test_a_put_is_stored_whole_or_not_at_all(
         assert raw_items(ddb, saver.table.name) == []
 
 
+async def test_a_served_turn_is_stored_whole_or_not_at_all(
+    open_saver: Opener, ddb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stores a turn's new messages (writes on the previous checkpoint) and its
+    checkpoint together: DynamoDB refusing the checkpoint leaves no write of the turn."""
+    from langchain_core.messages import HumanMessage
+
+    from threadline.server.turns import TurnRunner
+
+    config = thread_config("served")
+    async with open_saver() as saver:
+        runner = TurnRunner(offline_agent(saver))
+        await runner.invoke({"messages": [HumanMessage("kept")]}, config)
+        before = {(i["pk"]["S"], i["sk"]["S"]) for i in raw_items(ddb, saver.table.name)}
+        table = saver.table
+        transact = table.transact
+
+        def refusing_checkpoints(actions: list[Action]) -> None:
+            # The checkpoint's transaction also checks a condition that fails.
+            puts = [a.body["Put"]["Item"] for a in actions if "Put" in a.body]
+            if "c" in {item["kind"]["S"] for item in puts if "kind" in item}:
+                check = {
+                    "ConditionCheck": {
+                        "TableName": table.name,
+                        "Key": {"pk": {"S": "nowhere"}, "sk": {"S": "nothing"}},
+                        "ConditionExpression": "attribute_exists(pk)",
+                    }
+                }
+                actions = [*actions, Action(check)]
+            transact(actions)
+
+        monkeypatch.setattr(table, "transact", refusing_checkpoints)
+        with pytest.raises(StoreError):
+            await runner.invoke({"messages": [HumanMessage("lost")]}, config)
+        monkeypatch.setattr(table, "transact", transact)
+        after = raw_items(ddb, saver.table.name)
+        new = [i["kind"]["S"] for i in after if (i["pk"]["S"], i["sk"]["S"]) not in before]
+        assert new == [], f"the refused turn left {new}"
+        await runner.invoke({"messages": [HumanMessage("next")]}, config)
+        assert human_texts(await offline_agent(saver).aget_state(config)) == ["kept", "next"]
+
+
 async def test_keep_latest_keeps_a_delta_transcript_whole(open_saver: Opener, ddb: Any) -> None:
     config = thread_config("prune")
     thread = config["configurable"]["thread_id"]

@@ -62,7 +62,7 @@ from threadline.checkpointers.dynamodb.table import Action, Table, dynamodb_clie
 from threadline.checkpointers.dynamodb.thread_records import TableRecords
 from threadline.checkpointers.receipts import receipts_in
 from threadline.checkpointers.records import record_in
-from threadline.checkpointers.rows import checkpoint_config, next_version
+from threadline.checkpointers.rows import SaverCall, checkpoint_config, next_version
 from threadline.checkpointers.serde import metadata_matches
 
 T = TypeVar("T")
@@ -146,6 +146,22 @@ class DynamoDBSaver(TableRecords, ThreadMaintenance, BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
+        self.table.commit(*self._put_parts(config, checkpoint, metadata, new_versions))
+        return checkpoint_config(
+            str(config["configurable"]["thread_id"]),
+            config["configurable"].get("checkpoint_ns", ""),
+            checkpoint["id"],
+        )
+
+    def _put_parts(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> tuple[list[Item], list[Action]]:
+        """A checkpoint as items nothing refers to yet (chunks, new channel values) and the
+        actions that commit it (the checkpoint, its receipts and thread record)."""
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
@@ -162,8 +178,7 @@ class DynamoDBSaver(TableRecords, ThreadMaintenance, BaseCheckpointSaver[str]):
             actions += upsert_actions(name, record)
         # New channel values and chunks: nothing refers to them before the checkpoint does.
         first = [c for f in [*values, fitted] for c in f.chunks] + [f.item for f in values]
-        self.table.commit(first, actions)
-        return checkpoint_config(thread_id, ns, checkpoint["id"])
+        return first, actions
 
     def put_writes(
         self,
@@ -174,6 +189,20 @@ class DynamoDBSaver(TableRecords, ThreadMaintenance, BaseCheckpointSaver[str]):
     ) -> None:
         """A task's writes, together; a write already stored under its (task, idx) stays,
         unless every write is a special channel (errors, interrupts), which replace."""
+        chunks, actions = self._writes_parts(config, writes, task_id, task_path)
+        if self.table.fits(chunks, actions):
+            self.table.commit(chunks, actions)
+        else:  # a task with more writes than a transaction holds: stored in parts
+            self.table.put_many(chunks)
+            self.table.transact_in_parts(actions)
+
+    def _writes_parts(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> tuple[list[Item], list[Action]]:
         configurable = config["configurable"]
         items = self.codec.write_items(
             str(configurable["thread_id"]),
@@ -193,12 +222,23 @@ class DynamoDBSaver(TableRecords, ThreadMaintenance, BaseCheckpointSaver[str]):
             )
             for f in fitted
         ]
-        chunks = [c for f in fitted for c in f.chunks]
-        if self.table.fits(chunks, actions):
-            self.table.commit(chunks, actions)
-        else:  # a task with more writes than a transaction holds: stored in parts
-            self.table.put_many(chunks)
-            self.table.transact_in_parts(actions)
+        return [c for f in fitted for c in f.chunks], actions
+
+    def put_many(self, calls: Sequence[SaverCall]) -> None:
+        """A turn's puts and writes in one transaction when DynamoDB's limits allow (and no
+        item comes twice); otherwise one after another, in order."""
+        first: list[Item] = []
+        actions: list[Action] = []
+        for method, args in calls:
+            parts = self._put_parts(*args) if method == "aput" else self._writes_parts(*args)
+            first += parts[0]
+            actions += parts[1]
+        keys = [_item_key(a) for a in actions]
+        if len(set(keys)) == len(keys) and self.table.fits([], actions):
+            self.table.commit(first, actions)
+            return
+        for method, args in calls:
+            (self.put if method == "aput" else self.put_writes)(*args)
 
     # ------------------------------------------------------------------ reads
 
@@ -322,6 +362,10 @@ class DynamoDBSaver(TableRecords, ThreadMaintenance, BaseCheckpointSaver[str]):
     ) -> None:
         await self._run(self.put_writes, config, writes, task_id, task_path)
 
+    async def aput_many(self, calls: Sequence[SaverCall]) -> None:
+        """A turn's puts and writes, all or nothing (see `put_many`)."""
+        await self._run(self.put_many, calls)
+
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
@@ -341,3 +385,10 @@ class DynamoDBSaver(TableRecords, ThreadMaintenance, BaseCheckpointSaver[str]):
 
     async def adelete_checkpoints(self, thread_key: str, *, keep: str | None = None) -> None:
         await self._run(self.delete_checkpoints, thread_key, keep=keep)
+
+
+def _item_key(action: Action) -> tuple[str, str]:
+    """The (pk, sk) an action writes: a transaction may touch an item once."""
+    (inner,) = action.body.values()
+    item = inner.get("Item") or inner["Key"]
+    return item["pk"]["S"], item["sk"]["S"]
