@@ -392,6 +392,40 @@ async def test_a_put_is_stored_whole_or_not_at_all(
         assert (await saver.aget_tuple(config)).checkpoint["id"] == latest.checkpoint["id"]  # type: ignore[union-attr]
 
 
+async def test_a_served_turn_is_stored_whole_or_not_at_all(
+    open_saver: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stores a turn's new messages (writes on the previous checkpoint) and its
+    checkpoint together: Firestore refusing the checkpoint leaves no write of the turn."""
+    from google.cloud.firestore_v1.async_batch import AsyncWriteBatch
+    from langchain_core.messages import HumanMessage
+
+    from threadline.server.turns import TurnRunner
+
+    config = thread_config("served")
+    async with open_saver() as saver:
+        runner = TurnRunner(offline_agent(saver))
+        await runner.invoke({"messages": [HumanMessage("kept")]}, config)
+        before = {p for p, _ in await raw_docs(saver)}
+        real_set = AsyncWriteBatch.set
+
+        def refusing_checkpoints(
+            self: AsyncWriteBatch, ref: Any, data: Any, *a: Any, **k: Any
+        ) -> Any:
+            if ref.path.split("/")[-2].endswith("checkpoints"):  # the commit fails whole
+                self.update(saver.client.document("nowhere/nothing"), {"x": 1})
+            return real_set(self, ref, data, *a, **k)
+
+        monkeypatch.setattr(AsyncWriteBatch, "set", refusing_checkpoints)
+        with pytest.raises(NotFound):
+            await runner.invoke({"messages": [HumanMessage("lost")]}, config)
+        monkeypatch.setattr(AsyncWriteBatch, "set", real_set)
+        new = {p for p, _ in await raw_docs(saver)} - before
+        assert new == set(), f"the refused turn left {sorted(new)}"
+        await runner.invoke({"messages": [HumanMessage("next")]}, config)
+        assert human_texts(await offline_agent(saver).aget_state(config)) == ["kept", "next"]
+
+
 async def test_keep_latest_keeps_a_delta_transcript_whole(open_saver: Opener) -> None:
     config = thread_config("prune")
     thread = config["configurable"]["thread_id"]

@@ -21,6 +21,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -56,12 +57,12 @@ from threadline.checkpointers.firestore.layout import (
     thread_doc_id,
 )
 from threadline.checkpointers.firestore.maintenance import ThreadMaintenance
-from threadline.checkpointers.firestore.store import Store, Write, parts, split
+from threadline.checkpointers.firestore.store import Store, Write, fits, parts, split
 from threadline.checkpointers.firestore.thread_records import FirestoreRecords, bookkeeping
 from threadline.checkpointers.loopbridge import LoopBoundSyncMethods
-from threadline.checkpointers.receipts import receipts_in
-from threadline.checkpointers.records import WrittenRecords, record_in
-from threadline.checkpointers.rows import checkpoint_config, next_version
+from threadline.checkpointers.receipts import Receipt, receipts_in
+from threadline.checkpointers.records import ThreadRecord, WrittenRecords, record_in
+from threadline.checkpointers.rows import SaverCall, checkpoint_config, next_version
 from threadline.checkpointers.serde import metadata_matches
 
 DEFAULT_COLLECTION_PREFIX = "threadline"
@@ -137,6 +138,23 @@ class FirestoreSaver(
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
+        put = self._put_parts(config, checkpoint, metadata, new_versions)
+        ahead, final = split(put.chunks, put.values, put.owners, len(put.receipts) + 1)
+        if put.receipts or put.record is not None:
+            await self.store.commit(ahead, final, partial(self._bookkeeping, put))
+            if put.receipts:
+                await self._purge_receipts(put.thread_id)
+        else:
+            await self.store.commit(ahead, final)
+        return checkpoint_config(put.thread_id, put.ns, checkpoint["id"])
+
+    def _put_parts(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> _PutParts:
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         ns = configurable.get("checkpoint_ns", "")
@@ -148,31 +166,52 @@ class FirestoreSaver(
         fitted_blobs = [(i, fit(BLOBS, i, d, PAYLOAD)) for i, d in blobs]
         fitted = fit(CHECKPOINTS, cid, doc, PAYLOAD)
         chunks_ref = self.store.sub(tdoc, CHUNKS)
-        chunks: list[Write] = [
-            (chunks_ref.document(i), c)
-            for f in [*(f for _, f in fitted_blobs), fitted]
-            for i, c in f.chunks.items()
-        ]
-        values: list[Write] = [
-            (self.store.sub(tdoc, BLOBS).document(i), f.doc) for i, f in fitted_blobs
-        ]
-        owner: list[Write] = [(self.store.sub(tdoc, CHECKPOINTS).document(cid), fitted.doc)]
-        receipts = receipts_in(md, ns, checkpoint["id"])
-        record = record_in(md)
-        ahead, final = split(chunks, values, owner, len(receipts) + 1)
-        if receipts or record is not None:
+        return _PutParts(
+            thread_id=thread_id,
+            ns=ns,
+            chunks=[
+                (chunks_ref.document(i), c)
+                for f in [*(f for _, f in fitted_blobs), fitted]
+                for i, c in f.chunks.items()
+            ],
+            values=[(self.store.sub(tdoc, BLOBS).document(i), f.doc) for i, f in fitted_blobs],
+            owners=[(self.store.sub(tdoc, CHECKPOINTS).document(cid), fitted.doc)],
+            receipts=receipts_in(md, ns, checkpoint["id"]),
+            record=record_in(md),
+        )
 
-            async def decide(transaction: AsyncTransaction) -> list[Write]:
-                return await bookkeeping(
-                    self.store, transaction, thread_id, receipts, record, self.written_records
-                )
+    async def _bookkeeping(self, put: _PutParts, transaction: AsyncTransaction) -> list[Write]:
+        return await bookkeeping(
+            self.store, transaction, put.thread_id, put.receipts, put.record, self.written_records
+        )
 
-            await self.store.commit(ahead, final, decide)
-            if receipts:
-                await self._purge_receipts(thread_id)
-        else:
-            await self.store.commit(ahead, final)
-        return checkpoint_config(thread_id, ns, checkpoint["id"])
+    async def aput_many(self, calls: Sequence[SaverCall]) -> None:
+        """A turn's puts and writes in one transaction when one commit holds them (each
+        document once, at most one put keeping receipts or a record), else one after another,
+        in order."""
+        puts = [self._put_parts(*args) for method, args in calls if method == "aput"]
+        writes = [self._writes_parts(*args) for method, args in calls if method == "aput_writes"]
+        kept = [p for p in puts if p.receipts or p.record is not None]
+        final = [w for p in puts for w in (*p.values, *p.owners)]
+        final += [w for task in writes if task.replace for w in task.owners]
+        checked = [w for task in writes if not task.replace for w in task.owners]
+        extra = len(checked) + sum(len(p.receipts) + 1 for p in kept)
+        paths = [ref.path for ref, _ in [*final, *checked]]
+        if len(kept) > 1 or len(set(paths)) < len(paths) or not fits(final, extra):
+            for method, args in calls:
+                await (self.aput if method == "aput" else self.aput_writes)(*args)
+            return
+        ahead = [w for p in puts for w in p.chunks] + [w for task in writes for w in task.chunks]
+
+        async def decide(transaction: AsyncTransaction) -> list[Write]:
+            found = await self._missing(checked, transaction) if checked else []
+            if kept:
+                found += await self._bookkeeping(kept[0], transaction)
+            return found
+
+        await self.store.commit(ahead, final, decide)
+        if kept and kept[0].receipts:
+            await self._purge_receipts(kept[0].thread_id)
 
     async def _purge_receipts(self, thread_id: str) -> None:
         """Forget the thread's expired receipts (a turn that writes receipts does it, as the
@@ -190,6 +229,24 @@ class FirestoreSaver(
     ) -> None:
         """A task's writes, together; a write already stored under its (task, idx) stays,
         unless every write is a special channel (errors, interrupts), which replace."""
+        task = self._writes_parts(config, writes, task_id, task_path)
+        ahead, final = split(task.chunks, [], task.owners)
+        if task.replace:
+            await self.store.commit(ahead, final)
+            return
+        # Writes that exist stay: a transaction writes only the missing ones (one per part
+        # when a task has more writes than a commit holds).
+        await self.store.write_many(ahead)
+        for part in parts(final):
+            await self.store.commit([], [], partial(self._missing, part))
+
+    def _writes_parts(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> _WritesParts:
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         tdoc = thread_doc_id(thread_id)
@@ -203,17 +260,11 @@ class FirestoreSaver(
         )
         fitted = [(i, fit(WRITES, i, d, PAYLOAD)) for i, d in docs]
         chunks_ref, writes_ref = self.store.sub(tdoc, CHUNKS), self.store.sub(tdoc, WRITES)
-        chunks = [(chunks_ref.document(i), c) for _, f in fitted for i, c in f.chunks.items()]
-        owners = [(writes_ref.document(i), f.doc) for i, f in fitted]
-        ahead, final = split(chunks, [], owners)
-        if all(channel in WRITES_IDX_MAP for channel, _ in writes):
-            await self.store.commit(ahead, final)
-            return
-        # Writes that exist stay: a transaction writes only the missing ones (one per part
-        # when a task has more writes than a commit holds).
-        await self.store.write_many(ahead)
-        for part in parts(final):
-            await self.store.commit([], [], partial(self._missing, part))
+        return _WritesParts(
+            chunks=[(chunks_ref.document(i), c) for _, f in fitted for i, c in f.chunks.items()],
+            owners=[(writes_ref.document(i), f.doc) for i, f in fitted],
+            replace=all(channel in WRITES_IDX_MAP for channel, _ in writes),
+        )
 
     async def _missing(self, writes: list[Write], transaction: AsyncTransaction) -> list[Write]:
         """Those of `writes` whose document does not exist, read in `transaction`."""
@@ -348,3 +399,26 @@ class FirestoreSaver(
 
 
 __all__ = ["DEFAULT_COLLECTION_PREFIX", "FirestoreSaver"]
+
+
+@dataclass
+class _PutParts:
+    """A checkpoint as documents: chunks and new channel values (nothing refers to them yet),
+    the checkpoint itself, and the receipts and thread record its commit keeps."""
+
+    thread_id: str
+    ns: str
+    chunks: list[Write]
+    values: list[Write]
+    owners: list[Write]
+    receipts: list[Receipt]
+    record: ThreadRecord | None
+
+
+@dataclass
+class _WritesParts:
+    """A task's writes as documents; unless they `replace`, existing ones stay."""
+
+    chunks: list[Write]
+    owners: list[Write]
+    replace: bool
