@@ -211,3 +211,17 @@ async def test_a_staged_install_reads_as_pending_until_committed(redis_client: R
     await redis_client.hdel(keys[0], hp.staged_field("tok"))  # type: ignore[misc]
     state, fields = await scripts.run("read", read())
     assert state == 0 and dict(zip(fields[::2], fields[1::2], strict=True))[b"id"] == b"0001"
+
+
+async def test_calls_sent_together_load_the_scripts_redis_lacks(redis_client: Redis) -> None:
+    """A turn's stages go in one pipeline; after a Redis restart (no scripts loaded) each
+    call refused for it runs again, in order, once its script is loaded."""
+    keys = (f"test:{{{uuid.uuid4().hex}}}:h:", f"test:{{{uuid.uuid4().hex}}}:ns")
+    scripts = hp.Scripts(redis_client)
+    await redis_client.script_flush()
+    answers = await scripts.run_together(
+        [("install", install("0001")(keys)), ("writes", writes("0001")(keys))]
+    )
+    assert answers == [1, 1]
+    after = await redis_client.hgetall(keys[0])  # type: ignore[misc]
+    assert after[b"id"] == b"0001" and any(k.startswith(b"w:") for k in after)
