@@ -504,7 +504,9 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
     ) -> None:
         """Store checkpoints and pending writes, in order, with the checkpoints' receipts and
         thread records (and `also` statements), in one transaction: one round trip."""
-        records = [p.record for p in prepared if isinstance(p, PreparedCheckpoint) and p.record]
+        records = [
+            p.record for p in prepared if isinstance(p, PreparedCheckpoint) and p.record is not None
+        ]
         async with self.cursor(pipeline=True) as cur:
             for one in prepared:
                 if isinstance(one, PreparedWrites):

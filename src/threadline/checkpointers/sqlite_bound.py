@@ -115,10 +115,10 @@ class BoundSqlitePaths(AsyncSqliteSaver):
             try:
                 for sql, rows in statements:
                     await cur.executemany(sql, rows)
+                await self.conn.commit()
             except BaseException:
                 await self.conn.rollback()
                 raise
-            await self.conn.commit()
 
     def _statement(self, method: str, *args: Any) -> tuple[str, list[tuple[Any, ...]]]:
         if method == "aput":
