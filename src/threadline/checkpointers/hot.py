@@ -21,6 +21,7 @@ late it arrives:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -317,11 +318,19 @@ class HotTier:
 
     async def commit(self, staged: Mapping[tuple[str, str], Sequence[str]]) -> None:
         """Mark staged changes of any number of entries durable, so they read as hits again:
-        one round trip for all (a pipeline of `HDEL`s; on a cluster, one per node)."""
+        one round trip for all (a pipeline of `HDEL`s). On a cluster, one command per entry,
+        all at once: the cluster client follows a slot that moved for each command, where a
+        pipeline that meets one reloads the whole slot map (slower than a call's deadline)."""
+        deletes = [
+            (self.keys(thread_id, checkpoint_ns)[0], [staged_field(t) for t in tokens])
+            for (thread_id, checkpoint_ns), tokens in staged.items()
+        ]
+        if self.cluster:
+            await asyncio.gather(*(self.client.hdel(entry, *fields) for entry, fields in deletes))
+            return
         async with self.client.pipeline(transaction=False) as pipe:
-            for (thread_id, checkpoint_ns), tokens in staged.items():
-                entry, _ = self.keys(thread_id, checkpoint_ns)
-                pipe.hdel(entry, *(staged_field(t) for t in tokens))
+            for entry, fields in deletes:
+                pipe.hdel(entry, *fields)
             await pipe.execute()
 
     def _decode(
