@@ -206,6 +206,22 @@ async def _owned_record(
     return record
 
 
+def _archived_view(thread_id: str, record: ThreadRecord) -> ThreadOut:
+    """An archived thread as `GET /threads/{id}` shows it: its record, no messages."""
+    return ThreadOut(
+        thread_id=thread_id,
+        status=ARCHIVED,
+        record=RecordOut.of(record),
+        checkpoint_id=None,
+        updated_at=RecordOut.of(record).updated_at,
+        messages=[],
+        summary="",
+        summarized_count=0,
+        total_folds=0,
+        telemetry=None,
+    )
+
+
 def _archived(thread_id: str) -> HTTPException:
     return HTTPException(
         409, f"thread {thread_id!r} is archived: restore it first (POST .../restore)"
@@ -306,19 +322,15 @@ async def get_thread(
     runner = _runner(request)
     record = await _owned_record(runner, tenant, user, thread_id)
     if record is not None and record.status == ARCHIVED:
-        return ThreadOut(
-            thread_id=thread_id,
-            status=ARCHIVED,
-            record=RecordOut.of(record),
-            checkpoint_id=None,
-            updated_at=RecordOut.of(record).updated_at,
-            messages=[],
-            summary="",
-            summarized_count=0,
-            total_folds=0,
-            telemetry=None,
-        )
-    record, snapshot = await _owned_thread(runner, tenant, user, thread_id)
+        return _archived_view(thread_id, record)
+    try:
+        record, snapshot = await _owned_thread(runner, tenant, user, thread_id)
+    except HTTPException as exc:
+        # Archived between the two reads (a sweep ran meanwhile): answer as archived.
+        now = await _owned_record(runner, tenant, user, thread_id)
+        if exc.status_code in (404, 409) and now is not None and now.status == ARCHIVED:
+            return _archived_view(thread_id, now)
+        raise
     values = snapshot.values
     return ThreadOut(
         thread_id=thread_id,
