@@ -490,20 +490,14 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
             )
         return rows
 
-    async def write_checkpoint(
-        self, prepared: PreparedCheckpoint, also: Iterable[Statement] = ()
-    ) -> None:
-        """Store the checkpoint, its receipts and thread record (and `also` statements) in one
-        transaction, one round trip; the record as stored is kept for `take_written_record`."""
-        await self.write_prepared([prepared], also)
-
     async def write_prepared(
         self,
         prepared: Sequence[PreparedCheckpoint | PreparedWrites],
         also: Iterable[Statement] = (),
     ) -> None:
         """Store checkpoints and pending writes, in order, with the checkpoints' receipts and
-        thread records (and `also` statements), in one transaction: one round trip."""
+        thread records (and `also` statements), in one transaction: one round trip. The last
+        record as stored is kept for `take_written_record`."""
         records = [
             p.record for p in prepared if isinstance(p, PreparedCheckpoint) and p.record is not None
         ]
@@ -555,7 +549,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         prepared = self.prepare_put(config, checkpoint, metadata, new_versions)
-        await self.write_checkpoint(prepared)
+        await self.write_prepared([prepared])
         await self.settle_snapshots(prepared)
         return prepared.next_config
 
@@ -658,9 +652,6 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         return PreparedWrites(thread_id, checkpoint_ns, checkpoint_id, rows, upsert)
 
-    async def write_writes(self, prepared: PreparedWrites, also: Iterable[Statement] = ()) -> None:
-        await self.write_prepared([prepared], also)
-
     async def aput_writes(
         self,
         config: RunnableConfig,
@@ -668,7 +659,7 @@ class DurablePostgresSaver(LoopBoundSyncMethods, AsyncPostgresSaver):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await self.write_writes(self.prepare_writes(config, writes, task_id, task_path))
+        await self.write_prepared([self.prepare_writes(config, writes, task_id, task_path)])
 
     # ------------------------------------------------------------------- reads
 

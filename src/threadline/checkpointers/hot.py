@@ -392,18 +392,9 @@ class HotTier:
         *,
         through: Through = _directly,
     ) -> bool:
-        """Install a checkpoint, staged under `token` until its commit if one is given.
-
-        Only its new channel values travel if Redis already holds its parent. False if Redis
-        holds something newer. Each Redis call runs `through` (the caller's deadline), which
-        times only the call: installs are built (serialised, compressed) before it.
-        """
-        if (on_parent := self.partial_install(prepared, token, commits)) is not None:
-            done = await through(lambda: self.install(on_parent))
-            if done >= 0:
-                return done == 1
-        full = self.full_install(prepared, token, commits)
-        return await through(lambda: self.install(full)) == 1
+        """Install a checkpoint, staged under `token` until its commit if one is given
+        (see `put_many`). False if Redis holds something newer."""
+        return (await self.put_many([prepared], token, commits, through=through)) == [1]
 
     def partial_install(
         self, prepared: PreparedCheckpoint, token: str, commits: Sequence[str]
@@ -586,8 +577,7 @@ class HotTier:
         self, prepared: PreparedWrites, token: str, commits: Sequence[str] = ()
     ) -> bool:
         """Stage pending writes under `token` if the entry holds their checkpoint."""
-        call = self._writes_call(prepared, token, commits)
-        return int(await self.scripts.run("writes", call)) == 1
+        return (await self.put_many([prepared], token, commits)) == [1]
 
     async def put_many(
         self,
@@ -596,9 +586,12 @@ class HotTier:
         commits: Sequence[str] = (),
         *,
         through: Through = _directly,
-    ) -> None:
-        """Stage a turn's checkpoints and writes of one entry, in order, under one `token`, in
-        one round trip (a checkpoint whose parent Redis lacks follows whole, in a second)."""
+    ) -> list[int]:
+        """Stage checkpoints and writes of one entry, in order, under one `token`, in one
+        round trip: a checkpoint sends only its new values when Redis holds its parent, and
+        follows whole, in a second, when it does not. Each Redis call runs `through` (the
+        caller's deadline), which times only the call: everything is serialised before it.
+        Per item 1 if staged, 0 if Redis holds something newer."""
         calls: list[tuple[str, ScriptCall]] = []
         for position, one in enumerate(prepared):
             carried = commits if position == 0 else ()
@@ -612,13 +605,12 @@ class HotTier:
             results = [await through(partial(self.scripts.run, *call)) for call in calls]
         else:
             results = await through(lambda: self.scripts.run_together(calls))
-        whole = [
-            ("install", self.full_install(one, token, ()))
-            for one, result in zip(prepared, results, strict=True)
-            if isinstance(one, PreparedCheckpoint) and int(result) < 0
-        ]
-        for name, call in whole:
-            await through(partial(self.scripts.run, name, call))
+        done = [int(result) for result in results]
+        for position, one in enumerate(prepared):
+            if isinstance(one, PreparedCheckpoint) and done[position] < 0:
+                whole = self.full_install(one, token, ())
+                done[position] = int(await through(partial(self.scripts.run, "install", whole)))
+        return done
 
     def _writes_call(
         self, prepared: PreparedWrites, token: str, commits: Sequence[str]

@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -60,65 +60,10 @@ from threadline.checkpointers.tiered.tasks import BackgroundTasks
 from threadline.observability.metrics import HOT_READS, timed_op
 
 
-class TierWrite(Protocol):
-    """One write to both tiers: stored in Postgres, staged in Redis."""
-
-    @property
-    def key(self) -> Key: ...
-
-    @property
-    def checkpoint_id(self) -> str: ...
-
-    async def store(self, also: Sequence[Statement]) -> None:
-        """Write to Postgres, with `also` statements in the same transaction."""
-
-    async def stage(self, token: str, commits: Sequence[str]) -> None:
-        """Stage the Redis copy under `token`, carrying the `commits` of earlier writes."""
-
-
 @dataclass
-class _Prepared:
-    """Where a prepared write goes: the entry (thread, namespace) and its checkpoint."""
-
-    saver: TieredSaver
-    prepared: PreparedCheckpoint | PreparedWrites
-
-    @property
-    def key(self) -> Key:
-        return (self.prepared.thread_id, self.prepared.checkpoint_ns)
-
-    @property
-    def checkpoint_id(self) -> str:
-        return self.prepared.checkpoint_id
-
-
-@dataclass
-class CheckpointWrite(_Prepared):
-    prepared: PreparedCheckpoint
-
-    async def store(self, also: Sequence[Statement]) -> None:
-        await self.saver.durable.write_checkpoint(self.prepared, also)
-
-    async def stage(self, token: str, commits: Sequence[str]) -> None:
-        await self.saver.hot.put(self.prepared, token, commits, through=self.saver.guard.call)
-
-
-@dataclass
-class PendingWrites(_Prepared):
-    prepared: PreparedWrites
-
-    async def store(self, also: Sequence[Statement]) -> None:
-        await self.saver.durable.write_writes(self.prepared, also)
-
-    async def stage(self, token: str, commits: Sequence[str]) -> None:
-        hot, prepared = self.saver.hot, self.prepared
-        await self.saver.guard.call(lambda: hot.put_writes(prepared, token, commits))
-
-
-@dataclass
-class TurnWrites:
-    """A turn's checkpoints and writes of one entry: one Postgres transaction, one Redis
-    round trip staging them all under one token."""
+class TierWrite:
+    """Checkpoints and pending writes of one entry, stored as one: one Postgres transaction,
+    and one Redis round trip staging them all under one token."""
 
     saver: TieredSaver
     prepared: list[PreparedCheckpoint | PreparedWrites]
@@ -132,9 +77,11 @@ class TurnWrites:
         return max(one.checkpoint_id for one in self.prepared)  # ids sort by time
 
     async def store(self, also: Sequence[Statement]) -> None:
+        """Write to Postgres, with `also` statements in the same transaction."""
         await self.saver.durable.write_prepared(self.prepared, also)
 
     async def stage(self, token: str, commits: Sequence[str]) -> None:
+        """Stage the Redis copy under `token`, carrying the `commits` of earlier writes."""
         hot, through = self.saver.hot, self.saver.guard.call
         await hot.put_many(self.prepared, token, commits, through=through)
 
@@ -449,7 +396,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         prepared = self.durable.prepare_put(config, checkpoint, metadata, new_versions)
-        await self._write(CheckpointWrite(self, prepared))
+        await self._write(TierWrite(self, [prepared]))
         await self.durable.settle_snapshots(prepared)
         return prepared.next_config
 
@@ -461,7 +408,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         prepared = self.durable.prepare_writes(config, writes, task_id, task_path)
-        await self._write(PendingWrites(self, prepared))
+        await self._write(TierWrite(self, [prepared]))
 
     async def aput_many(self, calls: Sequence[SaverCall]) -> None:
         """A turn's puts and writes, in order, all or nothing: one Postgres transaction and
@@ -474,7 +421,7 @@ class TieredSaver(LoopBoundSyncMethods, BaseCheckpointSaver[str]):
             key = (one.thread_id, one.checkpoint_ns)
             newest[key] = max(newest.get(key, ""), one.checkpoint_id)
         if len(newest) == 1:
-            await self._write(TurnWrites(self, prepared))
+            await self._write(TierWrite(self, prepared))
         else:  # several entries (subgraphs): Postgres alone, each entry repaired before reuse
             also = [
                 statement
