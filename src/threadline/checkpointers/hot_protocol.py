@@ -66,6 +66,8 @@ class Scripts:
         atomic by itself). Calls refused for a script Redis lacks (after a restart or a
         failover) run again once it is loaded; any other error is raised. Not on a cluster:
         redis-py's cluster client pipelines no scripts."""
+        if len(calls) == 1:  # a pipeline of one costs ~20 µs more than the call itself
+            return [await self.run(*calls[0])]
         results = await self._pipelined(calls)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
